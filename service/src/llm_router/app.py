@@ -1,0 +1,218 @@
+"""The app factory: configuration in, a ready Flask app out."""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import time
+import uuid
+from dataclasses import dataclass
+
+from flask import Flask, Response, g, request
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+
+from . import __version__
+from .config import RouterConfig, load_config
+from .errors import register_error_handlers
+from .router import RequestRecord, Router
+from .state import StateStore
+from .telemetry import logs
+from .telemetry import metrics as m
+from .telemetry.tracing import build_tracer_provider, tracer_for
+from .tenants import Budgets, TenantDirectory
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_access_log = logging.getLogger(logs.ACCESS_LOGGER)
+
+
+def _switch(name: str, default: bool = True) -> bool:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    return value.strip().lower() not in ("0", "false", "off", "no")
+
+
+@dataclass(frozen=True)
+class Telemetry:
+    """Which signals are on. Each can be switched off alone, for benchmarks."""
+
+    metrics: bool = True
+    logs: bool = True
+    traces: bool = True
+    # Prompt and completion text in logs: off unless explicitly asked for.
+    log_content: bool = False
+
+    @classmethod
+    def from_env(cls) -> "Telemetry":
+        return cls(
+            metrics=_switch("LLM_ROUTER_METRICS"),
+            logs=_switch("LLM_ROUTER_LOGS"),
+            traces=_switch("LLM_ROUTER_TRACES"),
+            log_content=_switch("LLM_ROUTER_LOG_CONTENT", default=False),
+        )
+
+
+@dataclass
+class Services:
+    """Everything the views need, built once per app (and so once per worker)."""
+
+    config: RouterConfig
+    telemetry: Telemetry
+    store: StateStore
+    router: Router
+    tenants: TenantDirectory
+    budgets: Budgets
+    tracer_provider: TracerProvider | None
+
+
+def services() -> Services:
+    from flask import current_app
+
+    return current_app.extensions["llm_router"]
+
+
+def create_app(
+    config: RouterConfig | None = None,
+    *,
+    telemetry: Telemetry | None = None,
+    state_dir: str | os.PathLike[str] | None = None,
+    tracer_provider: TracerProvider | None = None,
+) -> Flask:
+    started = time.perf_counter()
+    config = config or load_config()
+    telemetry = telemetry or Telemetry.from_env()
+    logs.configure_logging(config.service_name, telemetry.logs)
+    if telemetry.traces and tracer_provider is None:
+        tracer_provider = build_tracer_provider(config.service_name)
+    if not telemetry.traces:
+        tracer_provider = None
+    tracer = tracer_for(tracer_provider)
+
+    store = StateStore(state_dir)
+    router = Router(config, store, tracer, telemetry.metrics)
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = config.limits.max_body_bytes
+    app.json.sort_keys = False
+    app.extensions["llm_router"] = Services(
+        config=config,
+        telemetry=telemetry,
+        store=store,
+        router=router,
+        tenants=TenantDirectory(config),
+        budgets=Budgets(config, store, telemetry.metrics),
+        tracer_provider=tracer_provider,
+    )
+    if telemetry.metrics:
+        m.initialise(
+            [model.id for model in config.models],
+            {t.id: t.monthly_budget_usd for t in config.tenants if t.monthly_budget_usd},
+            {model.id: model.max_concurrency for model in config.models},
+        )
+    if tracer_provider is not None:
+        # Before our hooks, so the server span exists when a request's record is made.
+        from opentelemetry.instrumentation.flask import FlaskInstrumentor
+
+        FlaskInstrumentor().instrument_app(
+            app, tracer_provider=tracer_provider, excluded_urls="healthz,readyz,metrics"
+        )
+    register_error_handlers(app)
+    _register_request_hooks(app)
+
+    from .admin import admin
+    from .api import api
+
+    app.register_blueprint(api)
+    app.register_blueprint(admin)
+
+    logs.event(
+        "config_loaded", "router configuration loaded",
+        models=len(config.models), tenants=len(config.tenants), version=__version__,
+        duration_ms=round((time.perf_counter() - started) * 1000, 3),
+        telemetry={"metrics": telemetry.metrics, "logs": telemetry.logs, "traces": telemetry.traces},
+    )
+    return app
+
+
+def _register_request_hooks(app: Flask) -> None:
+    def before() -> None:
+        incoming = request.headers.get("X-Request-ID", "")
+        request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        g.record = RequestRecord(started=time.perf_counter(), request_id=request_id)
+        g.request_id_token = logs.request_id_var.set(request_id)
+        context = trace.get_current_span().get_span_context()
+        if context.is_valid:
+            g.record.trace_id = format(context.trace_id, "032x")
+            g.record.span_id = format(context.span_id, "016x")
+        if services().telemetry.metrics:
+            m.HTTP_IN_FLIGHT.inc()
+
+    def after(response: Response) -> Response:
+        record: RequestRecord | None = g.get("record")
+        if record is None:
+            return response
+        response.headers["X-Request-ID"] = record.request_id
+        if record.trace_id:
+            response.headers["X-Trace-ID"] = record.trace_id
+        if not g.get("streaming"):
+            record.code = response.status_code
+            finish_request(record, response.status_code)
+        return response
+
+    app.before_request(before)
+    app.after_request(after)
+
+
+def finish_request(record: RequestRecord, status: int) -> None:
+    """Metrics and the access line for one request: after the response, or after a stream."""
+    state = services()
+    seconds = time.perf_counter() - record.started
+    route = request.url_rule.rule if request.url_rule is not None else "unmatched"
+    if state.telemetry.metrics:
+        m.HTTP_IN_FLIGHT.dec()
+        m.HTTP_REQUESTS.labels(route, request.method, str(status)).inc()
+        m.HTTP_DURATION.labels(route, request.method).observe(seconds, _trace_exemplar(record))
+    if record.chat:
+        _finish_chat(state, record, seconds)
+    if state.telemetry.logs:
+        fields = {
+            "method": request.method, "route": route, "path": request.path, "status": status,
+            "duration_ms": round(seconds * 1000, 3),
+        }
+        if record.trace_id:
+            fields["trace_id"], fields["span_id"] = record.trace_id, record.span_id
+        if record.chat:
+            fields.update(
+                tenant=record.tenant, model=record.model, strategy=record.strategy, stream=record.stream,
+                code=record.code, cache=record.cache, attempts=record.attempts, input_tokens=record.input_tokens,
+                output_tokens=record.output_tokens, cost_usd=round(record.cost_usd, 8),
+                finish_reason=record.finish_reason, error_type=record.error_type, over_budget=record.over_budget,
+                **record.extra,
+            )
+        _access_log.info("request completed", extra=fields)
+    token = g.pop("request_id_token", None)
+    if token is not None:
+        logs.request_id_var.reset(token)
+
+
+def _trace_exemplar(record: RequestRecord) -> dict[str, str] | None:
+    if record.trace_id is None or m.multiprocess_enabled():
+        return None
+    return {"trace_id": record.trace_id}
+
+
+def _finish_chat(state: Services, record: RequestRecord, seconds: float) -> None:
+    if record.code == 200 and record.cache != "hit":
+        state.budgets.charge(record.tenant, record.cost_usd)
+    if not state.telemetry.metrics:
+        return
+    m.CHAT_REQUESTS.labels(record.tenant, record.model, record.strategy, str(record.code)).inc()
+    m.CHAT_DURATION.labels(record.model, "true" if record.stream else "false").observe(seconds, _trace_exemplar(record))
+    if record.code == 200:
+        m.OVERHEAD.observe(max(0.0, seconds - record.backend_seconds))
+    if record.input_tokens or record.output_tokens:
+        m.TOKENS.labels(record.tenant, record.model, "input").inc(record.input_tokens)
+        m.TOKENS.labels(record.tenant, record.model, "output").inc(record.output_tokens)
+    if record.cost_usd:
+        m.COST.labels(record.tenant, record.model).inc(record.cost_usd)

@@ -1,0 +1,78 @@
+"""Validation of the chat completion request body (the subset of OpenAI's API we serve)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError
+
+from .config import LimitsConfig
+from .errors import APIError
+
+
+class _Open(BaseModel):
+    # Clients send fields we do not use (top_p, seed, tools...): accept and ignore them.
+    model_config = ConfigDict(extra="allow")
+
+
+class ContentPart(_Open):
+    type: StrictStr
+    text: StrictStr | None = None
+
+
+class Message(_Open):
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: StrictStr | list[ContentPart] | None = None
+    name: StrictStr | None = Field(default=None, max_length=256)
+
+
+class StreamOptions(_Open):
+    include_usage: StrictBool = False
+
+
+class ChatCompletionRequest(_Open):
+    model: StrictStr = Field(min_length=1, max_length=256)
+    messages: list[Message] = Field(min_length=1)
+    max_tokens: StrictInt | None = None
+    max_completion_tokens: StrictInt | None = None
+    temperature: StrictFloat | StrictInt | None = Field(default=None, ge=0, le=2)
+    top_p: StrictFloat | StrictInt | None = Field(default=None, ge=0, le=1)
+    n: StrictInt | None = None
+    stream: StrictBool | None = False
+    stream_options: StreamOptions | None = None
+    user: StrictStr | None = Field(default=None, max_length=256)
+
+    @property
+    def token_limit(self) -> int | None:
+        return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+
+def _describe(error: ValidationError) -> APIError:
+    first = error.errors()[0]
+    param = ".".join(str(part) for part in first["loc"]) or None
+    kind = first["type"]
+    if kind == "missing":
+        return APIError(400, f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter")
+    message = first["msg"]
+    return APIError(400, f"Invalid value for '{param}': {message}.", param=param, code="invalid_value")
+
+
+def validate_chat(body: object, limits: LimitsConfig) -> ChatCompletionRequest:
+    if not isinstance(body, dict):
+        raise APIError(400, "The request body must be a JSON object.", code="invalid_body")
+    try:
+        request = ChatCompletionRequest.model_validate(body)
+    except ValidationError as error:
+        raise _describe(error) from None
+    for name in ("max_tokens", "max_completion_tokens"):
+        value = getattr(request, name)
+        if value is not None and not 1 <= value <= limits.max_tokens:
+            raise APIError(
+                400, f"Invalid value for '{name}': must be between 1 and {limits.max_tokens}.", param=name,
+                code="invalid_value",
+            )
+    if len(request.messages) > limits.max_messages:
+        raise APIError(400, f"Too many messages: at most {limits.max_messages}.", param="messages", code="invalid_value")
+    if request.n not in (None, 1):
+        raise APIError(400, "Only n=1 is supported.", param="n", code="invalid_value")
+    return request

@@ -1,0 +1,1 @@
+"""The router's three signals: Prometheus metrics, JSON logs and OpenTelemetry traces."""

@@ -1,0 +1,82 @@
+"""JSON log lines on stdout, one object per line, each tied to its request and trace.
+
+Fields on every line: time (UTC, RFC 3339), level, logger, message, service, request_id,
+trace_id, span_id. Access and event lines add request facts as extra fields.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import sys
+from datetime import datetime, timezone
+
+from opentelemetry import trace
+from pythonjsonlogger.json import JsonFormatter
+
+request_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
+
+ACCESS_LOGGER = "llm_router.access"
+EVENT_LOGGER = "llm_router.events"
+
+
+class ContextFilter(logging.Filter):
+    """Stamps each record with the current request id and trace context."""
+
+    def __init__(self, service: str) -> None:
+        super().__init__()
+        self.service = service
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.service = self.service
+        record.request_id = request_id_var.get()
+        context = trace.get_current_span().get_span_context()
+        if context.is_valid:
+            record.trace_id = format(context.trace_id, "032x")
+            record.span_id = format(context.span_id, "016x")
+        else:
+            record.trace_id = record.span_id = None
+        return True
+
+
+class RouterJsonFormatter(JsonFormatter):
+    def __init__(self) -> None:
+        super().__init__(
+            ["time", "levelname", "name", "message", "service", "request_id", "trace_id", "span_id"],
+            rename_fields={"levelname": "level", "name": "logger"},
+        )
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:  # noqa: N802
+        moment = datetime.fromtimestamp(record.created, timezone.utc)
+        return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+    def add_fields(self, log_record: dict, record: logging.LogRecord, message_dict: dict) -> None:
+        record.time = self.formatTime(record)
+        super().add_fields(log_record, record, message_dict)
+        log_record["level"] = record.levelname.lower()
+
+
+def configure_logging(service: str, enabled: bool = True, level: str = "INFO") -> None:
+    """Route every logger (ours, Flask's, gunicorn's) through one JSON handler on stdout."""
+    root = logging.getLogger()
+    for handler in list(root.handlers):
+        if getattr(handler, "_llm_router", False):
+            root.removeHandler(handler)
+    if not enabled:
+        # Telemetry switched off (benchmarks): warnings and errors still reach stderr.
+        logging.getLogger(ACCESS_LOGGER).disabled = True
+        logging.getLogger(EVENT_LOGGER).setLevel(logging.WARNING)
+        return
+    logging.getLogger(ACCESS_LOGGER).disabled = False
+    logging.getLogger(EVENT_LOGGER).setLevel(logging.NOTSET)
+    handler = logging.StreamHandler(sys.stdout)
+    handler._llm_router = True  # type: ignore[attr-defined]
+    handler.setFormatter(RouterJsonFormatter())
+    handler.addFilter(ContextFilter(service))
+    root.addHandler(handler)
+    root.setLevel(level)
+
+
+def event(name: str, message: str, level: int = logging.INFO, **fields) -> None:
+    """An event line (fallback, breaker change, budget crossing, fault injected...)."""
+    logging.getLogger(EVENT_LOGGER).log(level, message, extra={"event": name, **fields})

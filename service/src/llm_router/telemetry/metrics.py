@@ -1,0 +1,162 @@
+"""Every Prometheus metric the router emits. This module is the metric catalogue's source:
+docs/metrics.md lists the same names, and a test keeps the two in step.
+
+Label values are bounded by construction: tenants are configured ids, "other" or
+"anonymous"; models are configured ids, "auto" or "unknown"; routes are URL rules; codes,
+outcomes, reasons and strategies come from fixed sets in the code.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client import multiprocess
+
+from .. import __version__
+
+MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+# The *_created series double the exposition for no query anyone writes here.
+disable_created_metrics()
+
+# From a cached answer (tens of ms) to a long generation (minutes).
+LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 7.5, 10, 15, 20, 30, 45, 60, 120, 300)
+TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 20, 60)
+# The router's own cost per request: sub-millisecond is the goal.
+OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1)
+
+HTTP_REQUESTS = Counter(
+    "llm_router_http_requests_total", "HTTP requests served, by URL rule, method and status code.",
+    ["route", "method", "status"],
+)
+HTTP_DURATION = Histogram(
+    "llm_router_http_request_duration_seconds", "Time to serve an HTTP request (streams: until the last byte).",
+    ["route", "method"], buckets=LATENCY_BUCKETS,
+)
+HTTP_IN_FLIGHT = Gauge(
+    "llm_router_http_requests_in_flight", "HTTP requests being served now.", multiprocess_mode="livesum",
+)
+CHAT_REQUESTS = Counter(
+    "llm_router_chat_requests_total", "Chat completion requests by tenant, served model, strategy and status code.",
+    ["tenant", "model", "strategy", "code"],
+)
+CHAT_DURATION = Histogram(
+    "llm_router_chat_request_duration_seconds", "End-to-end chat completion latency, by served model and streaming.",
+    ["model", "stream"], buckets=LATENCY_BUCKETS,
+)
+OVERHEAD = Histogram(
+    "llm_router_overhead_seconds", "Time the router adds to a chat request beyond its backend calls.",
+    buckets=OVERHEAD_BUCKETS,
+)
+TTFT = Histogram(
+    "llm_router_time_to_first_token_seconds", "Time from request arrival to the first streamed token, by model.",
+    ["model"], buckets=TTFT_BUCKETS,
+)
+TOKENS = Counter(
+    "llm_router_tokens_total", "Tokens processed, by tenant, model and type (input or output).",
+    ["tenant", "model", "type"],
+)
+COST = Counter(
+    "llm_router_cost_usd_total", "Cost of served requests in US dollars, by tenant and model.",
+    ["tenant", "model"],
+)
+CACHE_REQUESTS = Counter(
+    "llm_router_cache_requests_total", "Response cache lookups by tenant and result (hit, miss, bypass).",
+    ["tenant", "result"],
+)
+CACHE_SAVED = Counter(
+    "llm_router_cache_saved_usd_total", "Backend cost avoided by answering from the cache, by tenant.",
+    ["tenant"],
+)
+CACHE_ENTRIES = Gauge(
+    "llm_router_cache_entries", "Entries held in the response cache (summed over workers).",
+    multiprocess_mode="livesum",
+)
+ROUTING_DECISIONS = Counter(
+    "llm_router_routing_decisions_total", "Routing decisions by strategy, chosen model and reason.",
+    ["strategy", "model", "reason"],
+)
+FALLBACKS = Counter(
+    "llm_router_fallbacks_total", "Requests moved from a failing backend to the next candidate.",
+    ["from_model", "to_model"],
+)
+RETRIES = Counter(
+    "llm_router_retries_total", "Retries of a backend call on the same backend, by model.", ["model"],
+)
+BACKEND_REQUESTS = Counter(
+    "llm_router_backend_requests_total", "Calls to model backends by model, provider and outcome.",
+    ["model", "provider", "outcome"],
+)
+BACKEND_DURATION = Histogram(
+    "llm_router_backend_request_duration_seconds", "Duration of one backend call (streams: until the last chunk).",
+    ["model", "provider"], buckets=LATENCY_BUCKETS,
+)
+BACKEND_REJECTIONS = Counter(
+    "llm_router_backend_rejections_total", "Backend calls not attempted, by model and reason (circuit_open, saturated).",
+    ["model", "reason"],
+)
+BACKEND_IN_FLIGHT = Gauge(
+    "llm_router_backend_in_flight", "Calls in progress per backend (summed over workers).", ["model"],
+    multiprocess_mode="livesum",
+)
+BACKEND_QUEUE = Gauge(
+    "llm_router_backend_queue_depth", "Requests waiting for a free backend slot (summed over workers).", ["model"],
+    multiprocess_mode="livesum",
+)
+BACKEND_MAX_CONCURRENCY = Gauge(
+    "llm_router_backend_max_concurrency", "Configured concurrent calls per backend and worker.", ["model"],
+    multiprocess_mode="max",
+)
+CIRCUIT_STATE = Gauge(
+    "llm_router_circuit_breaker_state", "Circuit breaker state: 0 closed, 1 half-open, 2 open (worst worker).",
+    ["model"], multiprocess_mode="livemax",
+)
+CIRCUIT_TRANSITIONS = Counter(
+    "llm_router_circuit_breaker_transitions_total", "Circuit breaker state changes, by model and new state.",
+    ["model", "state"],
+)
+TENANT_BUDGET = Gauge(
+    "llm_router_tenant_budget_usd", "Monthly budget per tenant in US dollars.", ["tenant"], multiprocess_mode="max",
+)
+TENANT_SPEND = Gauge(
+    "llm_router_tenant_spend_usd", "Month-to-date spend per tenant in US dollars.", ["tenant"],
+    multiprocess_mode="mostrecent",
+)
+BUDGET_EXCEEDED = Counter(
+    "llm_router_budget_exceeded_total", "Requests from tenants over budget, by tenant and action (rejected, flagged).",
+    ["tenant", "action"],
+)
+FAULTS_INJECTED = Counter(
+    "llm_router_faults_injected_total", "Faults injected through the admin API, by model.", ["model"],
+)
+BUILD_INFO = Gauge(
+    "llm_router_build_info", "Always 1; labels carry the router's version and Python version.",
+    ["version", "python_version"], multiprocess_mode="max",
+)
+
+
+def multiprocess_enabled() -> bool:
+    return bool(os.environ.get(MULTIPROC_ENV))
+
+
+def exposition_registry() -> CollectorRegistry:
+    """The registry /metrics renders: per-worker files merged, or this process's metrics."""
+    if multiprocess_enabled():
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)
+        return registry
+    return REGISTRY
+
+
+def initialise(model_ids: list[str], tenant_budgets: dict[str, float], max_concurrency: dict[str, int]) -> None:
+    """Create the series that must exist before any traffic (so alerts and panels see 0)."""
+    BUILD_INFO.labels(__version__, platform.python_version()).set(1)
+    for model in model_ids:
+        CIRCUIT_STATE.labels(model).set(0)
+        BACKEND_IN_FLIGHT.labels(model).set(0)
+        BACKEND_QUEUE.labels(model).set(0)
+        BACKEND_MAX_CONCURRENCY.labels(model).set(max_concurrency[model])
+    for tenant, budget in tenant_budgets.items():
+        TENANT_BUDGET.labels(tenant).set(budget)

@@ -1,0 +1,109 @@
+"""Who is calling (tenant resolution) and what they may still spend (budgets).
+
+The tenant label only ever takes a configured id, "anonymous" (no tenant given, when
+allowed) or "other" (anything unrecognised, which is rejected).
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+
+from .config import RouterConfig
+from .errors import APIError
+from .state import StateStore
+from .telemetry import logs
+from .telemetry import metrics as m
+
+ANONYMOUS = "anonymous"
+OTHER = "other"
+
+
+class TenantDirectory:
+    def __init__(self, config: RouterConfig) -> None:
+        self.ids = frozenset(t.id for t in config.tenants)
+        self._keys = [(key, t.id) for t in config.tenants for key in t.keys()]
+        self.auth = config.auth
+
+    def _tenant_for_key(self, key: str) -> str | None:
+        # Constant-time comparison against every key: no timing hint about near misses.
+        found = None
+        for known, tenant in self._keys:
+            if hmac.compare_digest(known.encode(), key.encode()):
+                found = tenant
+        return found
+
+    def resolve(self, authorization: str | None, tenant_header: str | None) -> str:
+        """Return the tenant id, or raise APIError (the label is then "other")."""
+        key = None
+        if authorization:
+            scheme, _, value = authorization.partition(" ")
+            if scheme.lower() == "bearer" and value.strip():
+                key = value.strip()
+        key_tenant = self._tenant_for_key(key) if key else None
+        if self.auth.require_api_key and key_tenant is None:
+            raise APIError(401, "A valid API key is required.", type="authentication_error", code="invalid_api_key")
+        if tenant_header is not None:
+            tenant = tenant_header.strip()
+            if tenant not in self.ids:
+                raise APIError(
+                    403, "Unknown tenant in X-Tenant-ID.", type="permission_error", code="unknown_tenant",
+                    param="X-Tenant-ID",
+                )
+            if key_tenant is not None and key_tenant != tenant:
+                raise APIError(
+                    403, "The API key belongs to another tenant.", type="permission_error", code="tenant_mismatch",
+                    param="X-Tenant-ID",
+                )
+            return tenant
+        if key_tenant is not None:
+            return key_tenant
+        if self.auth.allow_anonymous:
+            return ANONYMOUS
+        raise APIError(401, "Name a tenant (X-Tenant-ID) or use an API key.", type="authentication_error", code="missing_tenant")
+
+
+class Budgets:
+    """Monthly budgets, checked before a request and charged after it, shared by workers."""
+
+    def __init__(self, config: RouterConfig, store: StateStore, metrics_on: bool) -> None:
+        self.limits = {t.id: t.monthly_budget_usd for t in config.tenants if t.monthly_budget_usd}
+        self.action = config.budgets.on_exhausted
+        self.thresholds = sorted(config.budgets.alert_thresholds)
+        self.store = store
+        self.metrics_on = metrics_on
+        if metrics_on:
+            for tenant in self.limits:
+                m.TENANT_SPEND.labels(tenant).set(store.spend(tenant))
+
+    def check(self, tenant: str) -> bool:
+        """True when the tenant is over budget and the request may still go ahead
+        (action "flag"); raises APIError when it must be rejected."""
+        limit = self.limits.get(tenant)
+        if limit is None or self.store.spend(tenant) < limit:
+            return False
+        action = "rejected" if self.action == "reject" else "flagged"
+        if self.metrics_on:
+            m.BUDGET_EXCEEDED.labels(tenant, action).inc()
+        if self.action == "reject":
+            raise APIError(
+                402, f"Tenant {tenant!r} has used its monthly budget of ${limit:.2f}.",
+                type="insufficient_quota", code="budget_exceeded",
+            )
+        return True
+
+    def charge(self, tenant: str, usd: float) -> None:
+        limit = self.limits.get(tenant)
+        if limit is None or usd <= 0:
+            return
+        before, after = self.store.add_spend(tenant, usd)
+        if self.metrics_on:
+            m.TENANT_SPEND.labels(tenant).set(after)
+        for threshold in self.thresholds:
+            if before < threshold * limit <= after:
+                logs.event(
+                    "budget_threshold_crossed",
+                    f"tenant {tenant} crossed {threshold:.0%} of its monthly budget",
+                    logging.WARNING,
+                    tenant=tenant, threshold=threshold, spend_usd=round(after, 6), budget_usd=limit,
+                )

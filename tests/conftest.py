@@ -1,0 +1,165 @@
+"""Shared fixtures: an in-process app (Flask test client) and a real gunicorn on loopback."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_CONFIG = REPO / "service" / "config" / "router.yaml"
+
+# Tests never wait for simulated latency unless they ask for it, and never export spans
+# to a collector that is not there.
+os.environ.setdefault("LLM_ROUTER_SIM_TIME_SCALE", "0")
+os.environ.setdefault("OTEL_TRACES_EXPORTER", "none")
+
+
+def chat_body(model: str = "auto", content: str = "hello", **extra) -> dict:
+    return {"model": model, "messages": [{"role": "user", "content": content}], **extra}
+
+
+def config_dict(**overrides) -> dict:
+    """The shipped config as a dict, with top-level keys replaced."""
+    data = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    data.update(overrides)
+    return data
+
+
+def quiet_models(data: dict) -> dict:
+    """Remove the simulated error rates, so a test sees only the faults it injects."""
+    for model in data["models"]:
+        model.setdefault("simulation", {})["error_rate"] = 0.0
+    return data
+
+
+@pytest.fixture
+def make_app(tmp_path):
+    """Build an app from a config dict (default: the shipped config without random errors)."""
+    from llm_router.app import Telemetry, create_app
+    from llm_router.config import parse_config
+
+    def build(data: dict | None = None, telemetry: Telemetry | None = None, tracer_provider=None):
+        data = data if data is not None else quiet_models(config_dict())
+        data.setdefault("simulation_time_scale", 0)
+        return create_app(
+            parse_config(data),
+            telemetry=telemetry or Telemetry(),
+            state_dir=tmp_path / f"state-{time.monotonic_ns()}",
+            tracer_provider=tracer_provider,
+        )
+
+    return build
+
+
+@pytest.fixture
+def app(make_app):
+    return make_app()
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class LiveRouter:
+    """A real `llm-router serve` (gunicorn) on 127.0.0.1, stopped at the end of the test."""
+
+    def __init__(self, tmp: Path, workers: int, config: dict | None, env: dict[str, str] | None) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = tmp / f"router-{self.port}.log"
+        config_path = tmp / f"router-{self.port}.yaml"
+        config_path.write_text(yaml.safe_dump(config if config is not None else quiet_models(config_dict())))
+        self.env = {
+            **os.environ,
+            "LLM_ROUTER_CONFIG": str(config_path),
+            "LLM_ROUTER_BIND": f"127.0.0.1:{self.port}",
+            "LLM_ROUTER_WORKERS": str(workers),
+            "LLM_ROUTER_THREADS": "4",
+            "LLM_ROUTER_STATE_DIR": str(tmp / f"state-{self.port}"),
+            "PROMETHEUS_MULTIPROC_DIR": str(tmp / f"metrics-{self.port}") if workers > 1 else "",
+            **(env or {}),
+        }
+        if not self.env["PROMETHEUS_MULTIPROC_DIR"]:
+            del self.env["PROMETHEUS_MULTIPROC_DIR"]
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 30) -> "LiveRouter":
+        self.log = self.log_path.open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "llm_router.cli", "serve"], env=self.env, stdout=self.log, stderr=subprocess.STDOUT
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"router exited early:\n{self.log_path.read_text()[-3000:]}")
+            try:
+                if requests.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                    return self
+            except requests.ConnectionError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"router not ready in {timeout}s:\n{self.log_path.read_text()[-3000:]}")
+
+    def stop(self, timeout: float = 30) -> float:
+        """SIGTERM, wait; returns how long the graceful stop took."""
+        if self.process is None or self.process.poll() is not None:
+            return 0.0
+        started = time.monotonic()
+        self.process.terminate()
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.log.close()
+        return time.monotonic() - started
+
+    def logs(self) -> list[str]:
+        return self.log_path.read_text().splitlines()
+
+
+@pytest.fixture
+def live_router(tmp_path) -> Iterator:
+    """Factory: live_router(workers=4, config=..., env=...) starts a real gunicorn router."""
+    started: list[LiveRouter] = []
+
+    def start(workers: int = 2, config: dict | None = None, env: dict[str, str] | None = None) -> LiveRouter:
+        router = LiveRouter(tmp_path, workers, config, env).start()
+        started.append(router)
+        return router
+
+    yield start
+    for router in started:
+        router.stop()
+
+
+def parse_metrics(text: str) -> dict[tuple[str, frozenset], float]:
+    """Samples of a Prometheus text exposition as {(name, labels): value}."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return samples
+
+
+def metric_sum(samples: dict, name: str, **labels) -> float:
+    wanted = set(labels.items())
+    return sum(value for (sample, sample_labels), value in samples.items() if sample == name and wanted <= sample_labels)
