@@ -55,3 +55,26 @@ constraints: ## Re-resolve service/constraints.txt from pyproject.toml
 
 clean: ## Remove the virtual environment, tools and reports
 	rm -rf $(VENV) .tools reports .pytest_cache
+
+# --- the stack (Docker) ---------------------------------------------------------------------
+COMPOSE := docker compose
+
+.PHONY: up down logs ps
+
+.env:
+	cp .env.example .env
+	sed -i "s/^ROUTER_ADMIN_TOKEN=$$/ROUTER_ADMIN_TOKEN=$$($(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(24))')/" .env
+	@echo "created .env (secrets generated; edit it to change versions and ports)"
+
+up: .env ## Build and start the stack, wait until healthy, print the URLs
+	$(COMPOSE) up -d --build --wait
+	@. ./.env; echo; echo "  router      http://$${BIND_ADDRESS}:$${ROUTER_PORT}/v1  (metrics at /metrics)"
+
+down: ## Stop the stack (keeps volumes)
+	$(COMPOSE) down
+
+logs: ## Follow the stack's logs
+	$(COMPOSE) logs -f --tail=100
+
+ps: ## Show the stack's services and health
+	$(COMPOSE) ps

@@ -28,8 +28,9 @@ def chat_body(model: str = "auto", content: str = "hello", **extra) -> dict:
 
 
 def config_dict(**overrides) -> dict:
-    """The shipped config as a dict, with top-level keys replaced."""
+    """The shipped config as a dict, with simulated delays off and top-level keys replaced."""
     data = yaml.safe_load(DEFAULT_CONFIG.read_text())
+    data["simulation_time_scale"] = 0
     data.update(overrides)
     return data
 
@@ -49,7 +50,6 @@ def make_app(tmp_path):
 
     def build(data: dict | None = None, telemetry: Telemetry | None = None, tracer_provider=None):
         data = data if data is not None else quiet_models(config_dict())
-        data.setdefault("simulation_time_scale", 0)
         return create_app(
             parse_config(data),
             telemetry=telemetry or Telemetry(),
@@ -109,9 +109,9 @@ class LiveRouter:
             if self.process.poll() is not None:
                 raise RuntimeError(f"router exited early:\n{self.log_path.read_text()[-3000:]}")
             try:
-                if requests.get(f"{self.url}/readyz", timeout=1).status_code == 200:
+                if requests.get(f"{self.url}/readyz", timeout=2).status_code == 200:
                     return self
-            except requests.ConnectionError:
+            except requests.RequestException:  # not listening yet, or workers still booting
                 pass
             time.sleep(0.1)
         raise RuntimeError(f"router not ready in {timeout}s:\n{self.log_path.read_text()[-3000:]}")

@@ -116,13 +116,13 @@ def chat_completions():
     record.strategy = _strategy(state)
     record.stream = bool(chat.stream)
     record.over_budget = state.budgets.check(record.tenant)
-    if state.telemetry.log_content:
-        record.extra["prompt"] = chat.model_dump(include={"messages"})["messages"]
     backend_request = ChatRequest(
         messages=[message.model_dump(exclude_none=True) for message in chat.messages],
         max_tokens=chat.token_limit,
         temperature=chat.temperature,
     )
+    if state.telemetry.log_content:
+        record.extra["prompt"] = backend_request.messages
 
     if record.stream:
         return _stream(state, record, chat, backend_request)

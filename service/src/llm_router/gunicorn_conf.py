@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import threading
 from pathlib import Path
 
 # prometheus_client picks its value store when first imported, so this module must set
@@ -25,6 +26,8 @@ worker_class = "gthread"
 timeout = int(os.environ.get("LLM_ROUTER_WORKER_TIMEOUT", "300"))
 graceful_timeout = int(os.environ.get("LLM_ROUTER_GRACEFUL_TIMEOUT", "10"))
 keepalive = 5
+# How long a stopping worker may spend sending its last spans.
+SPAN_FLUSH_SECONDS = float(os.environ.get("LLM_ROUTER_SPAN_FLUSH_SECONDS", "2"))
 # The app writes its own JSON access line (with tenant, model, trace id).
 accesslog = None
 # gunicorn >= 25.1 opens a control socket in $HOME by default; the router needs none.
@@ -32,6 +35,9 @@ control_socket_disable = True
 
 if workers > 1:
     os.environ.setdefault(MULTIPROC_ENV, str(Path(tempfile.gettempdir()) / f"llm-router-metrics-{os.getpid()}"))
+else:
+    # One worker: the in-memory registry, which also renders exemplars (trace ids).
+    os.environ.pop(MULTIPROC_ENV, None)
 
 _SERVICE = os.environ.get("OTEL_SERVICE_NAME", "llm-router")
 logconfig_dict = {
@@ -72,9 +78,19 @@ def child_exit(server, worker) -> None:
 
 
 def worker_exit(server, worker) -> None:
-    """Flush the worker's buffered spans before it goes."""
+    """Flush the worker's buffered spans, for at most a few seconds.
+
+    The exporter's own shutdown retries each batch until its timeout: with the collector
+    down that would hold a graceful stop for tens of seconds. The flush runs on a daemon
+    thread instead, and the worker leaves when the budget is spent.
+    """
     from llm_router.wsgi import app
 
     provider = app.extensions["llm_router"].tracer_provider
-    if provider is not None:
-        provider.shutdown()
+    if provider is None:
+        return
+    flush = threading.Thread(target=provider.shutdown, name="span-flush", daemon=True)
+    flush.start()
+    flush.join(SPAN_FLUSH_SECONDS)
+    if flush.is_alive():
+        server.log.warning("span flush did not finish in %.1fs; unsent spans dropped", SPAN_FLUSH_SECONDS)
