@@ -16,7 +16,7 @@ USERS ?= 20
 SPAWN_RATE ?= 5
 DURATION ?= 60s
 
-.PHONY: help venv tools run load test test-unit test-live lint constraints clean
+.PHONY: help venv tools run load rules lint test constraints clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-18s\033[0m %s\n", $$1, $$2}'
@@ -30,7 +30,7 @@ $(STAMP): service/pyproject.toml service/constraints.txt
 venv: $(STAMP) ## Create .venv with the router, its test and load dependencies
 
 tools: ## Install the real Prometheus, promtool, Alertmanager, amtool and compose into .tools/
-	bash scripts/install-tools.sh
+	@bash scripts/install-tools.sh
 
 run: venv ## Run the router locally under gunicorn on $(ROUTER_BIND)
 	LLM_ROUTER_BIND=$(ROUTER_BIND) OTEL_TRACES_EXPORTER=$${OTEL_TRACES_EXPORTER:-none} $(VENV)/bin/llm-router serve
@@ -39,12 +39,21 @@ load: venv ## Drive load with Locust against $(ROUTER_URL) (USERS, SPAWN_RATE, D
 	@mkdir -p reports
 	$(VENV)/bin/locust -f loadgen/locustfile.py --headless --host $(ROUTER_URL) \
 		--users $(USERS) --spawn-rate $(SPAWN_RATE) --run-time $(DURATION) \
-		--html reports/load.html --csv reports/load --only-summary
+		--stop-timeout 20 --html reports/load.html --csv reports/load
 
-lint: venv ## Check the router's configuration
+rules: venv ## Regenerate prometheus/rules/*.yml from prometheus/config.yaml
+	$(PY) prometheus/generate.py
+
+lint: venv tools ## Check configs and rules with the real tools: promtool, amtool, the router's validator
+	$(PY) prometheus/generate.py --check
+	$(TOOLS)/promtool check config --lint=all --lint-fatal prometheus/prometheus.yml
+	$(TOOLS)/promtool check rules --lint=all --lint-fatal prometheus/rules/*.yml
+	cd prometheus/tests && ../../$(TOOLS)/promtool test rules *.test.yml
+	$(TOOLS)/amtool check-config alertmanager/alertmanager.yml alertmanager/examples/*.yml
+	scripts/check-alertmanager-routes.sh
 	$(VENV)/bin/llm-router check-config service/config/router.yaml
 
-test: venv ## Run the whole test suite (creates .venv and installs what it needs)
+test: venv tools ## Run the whole test suite (creates .venv, installs the tools it needs)
 	$(PY) -m pytest
 
 constraints: ## Re-resolve service/constraints.txt from pyproject.toml
