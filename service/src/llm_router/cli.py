@@ -1,4 +1,4 @@
-"""`llm-router`: run the router, or check a configuration file."""
+"""`llm-router`: run the router, check a configuration file, or run the local alert sink."""
 
 from __future__ import annotations
 
@@ -16,6 +16,8 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("gunicorn_args", nargs=argparse.REMAINDER, help="extra gunicorn arguments")
     check = commands.add_parser("check-config", help="validate a router configuration file")
     check.add_argument("path", nargs="?", help="defaults to $LLM_ROUTER_CONFIG, then service/config/router.yaml")
+    sink = commands.add_parser("alert-sink", help="run the local Alertmanager webhook sink under gunicorn")
+    sink.add_argument("gunicorn_args", nargs=argparse.REMAINDER, help="extra gunicorn arguments")
     args = parser.parse_args(argv)
 
     if args.command == "check-config":
@@ -26,12 +28,27 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print(f"ok: {len(config.models)} models, {len(config.tenants)} tenants")
         return 0
+    if args.command == "alert-sink":
+        return _alert_sink(args.gunicorn_args)
     try:
         load_config()  # fail here, with the key named, rather than in every worker
     except ConfigError as error:
         print(error, file=sys.stderr)
         return 1
     gunicorn = [sys.executable, "-m", "gunicorn", "-c", "python:llm_router.gunicorn_conf", *args.gunicorn_args]
+    os.execv(sys.executable, gunicorn)
+    return 0  # pragma: no cover - execv does not return
+
+
+def _alert_sink(gunicorn_args: list[str]) -> int:
+    from .alertsink import capacity_from_env, receivers_from_env
+
+    try:
+        receivers_from_env(), capacity_from_env()  # bad settings fail here, not in the worker
+    except ValueError as error:
+        print(error, file=sys.stderr)
+        return 1
+    gunicorn = [sys.executable, "-m", "gunicorn", "-c", "python:llm_router.alertsink_gunicorn_conf", *gunicorn_args]
     os.execv(sys.executable, gunicorn)
     return 0  # pragma: no cover - execv does not return
 
