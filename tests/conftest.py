@@ -76,45 +76,43 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-class LiveRouter:
-    """A real `llm-router serve` (gunicorn) on 127.0.0.1, stopped at the end of the test."""
+class LiveProcess:
+    """A real process on 127.0.0.1 that is ready when ``ready_path`` answers 200."""
 
-    def __init__(self, tmp: Path, workers: int, config: dict | None, env: dict[str, str] | None) -> None:
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log_path = tmp / f"router-{self.port}.log"
-        config_path = tmp / f"router-{self.port}.yaml"
-        config_path.write_text(yaml.safe_dump(config if config is not None else quiet_models(config_dict())))
-        self.env = {
-            **os.environ,
-            "LLM_ROUTER_CONFIG": str(config_path),
-            "LLM_ROUTER_BIND": f"127.0.0.1:{self.port}",
-            "LLM_ROUTER_WORKERS": str(workers),
-            "LLM_ROUTER_THREADS": "4",
-            "LLM_ROUTER_STATE_DIR": str(tmp / f"state-{self.port}"),
-            "PROMETHEUS_MULTIPROC_DIR": str(tmp / f"metrics-{self.port}") if workers > 1 else "",
-            **(env or {}),
-        }
-        if not self.env["PROMETHEUS_MULTIPROC_DIR"]:
-            del self.env["PROMETHEUS_MULTIPROC_DIR"]
+    name = "process"
+
+    def __init__(self, tmp: Path, command: list[str], port: int, env: dict[str, str] | None = None,
+                 ready_path: str = "/healthz", name: str | None = None) -> None:
+        self.name = name or self.name
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.command = command
+        self.env = {**os.environ, **(env or {})}
+        self.ready_path = ready_path
+        self.log_path = tmp / f"{self.name}-{port}.log"
         self.process: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 30) -> "LiveRouter":
+    def start(self, timeout: float = 30):
+        try:
+            return self._start(timeout)
+        except BaseException:
+            self.stop()  # never leave a half-started process behind
+            raise
+
+    def _start(self, timeout: float):
         self.log = self.log_path.open("wb")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "llm_router.cli", "serve"], env=self.env, stdout=self.log, stderr=subprocess.STDOUT
-        )
+        self.process = subprocess.Popen(self.command, env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"router exited early:\n{self.log_path.read_text()[-3000:]}")
+                raise RuntimeError(f"{self.name} exited early:\n{self.log_path.read_text()[-3000:]}")
             try:
-                if requests.get(f"{self.url}/readyz", timeout=2).status_code == 200:
+                if requests.get(f"{self.url}{self.ready_path}", timeout=2).status_code == 200:
                     return self
-            except requests.RequestException:  # not listening yet, or workers still booting
+            except requests.RequestException:  # not listening yet, or still booting
                 pass
             time.sleep(0.1)
-        raise RuntimeError(f"router not ready in {timeout}s:\n{self.log_path.read_text()[-3000:]}")
+        raise RuntimeError(f"{self.name} not ready in {timeout}s:\n{self.log_path.read_text()[-3000:]}")
 
     def stop(self, timeout: float = 30) -> float:
         """SIGTERM, wait; returns how long the graceful stop took."""
@@ -127,11 +125,34 @@ class LiveRouter:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
-        self.log.close()
+        finally:
+            self.log.close()
         return time.monotonic() - started
 
     def logs(self) -> list[str]:
         return self.log_path.read_text().splitlines()
+
+
+class LiveRouter(LiveProcess):
+    """A real `llm-router serve` (gunicorn) on 127.0.0.1, stopped at the end of the test."""
+
+    name = "router"
+
+    def __init__(self, tmp: Path, workers: int, config: dict | None, env: dict[str, str] | None) -> None:
+        port = free_port()
+        config_path = tmp / f"router-{port}.yaml"
+        config_path.write_text(yaml.safe_dump(config if config is not None else quiet_models(config_dict())))
+        router_env = {
+            "LLM_ROUTER_CONFIG": str(config_path),
+            "LLM_ROUTER_BIND": f"127.0.0.1:{port}",
+            "LLM_ROUTER_WORKERS": str(workers),
+            "LLM_ROUTER_THREADS": "4",
+            "LLM_ROUTER_STATE_DIR": str(tmp / f"state-{port}"),
+            **(env or {}),
+        }
+        super().__init__(tmp, [sys.executable, "-m", "llm_router.cli", "serve"], port, router_env, "/readyz")
+        if workers > 1:
+            self.env.setdefault("PROMETHEUS_MULTIPROC_DIR", str(tmp / f"metrics-{port}"))
 
 
 @pytest.fixture

@@ -321,7 +321,7 @@ def test_exemplars_only_on_documented_histograms_and_only_single_process(client,
     classic = client.get("/metrics").get_data(as_text=True)
     assert " # {" not in classic, "the classic text format must not carry exemplars"
 
-    record = RequestRecord(started=0.0, request_id="r", trace_id="ab" * 16)
+    record = RequestRecord(started=0.0, request_id="r", trace_id="ab" * 16, sampled=True)
     assert _trace_exemplar(record) == {"trace_id": "ab" * 16}
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "/nonexistent-multiproc-dir")
     assert _trace_exemplar(record) is None, "multiprocess mode must not attach exemplars"
@@ -398,7 +398,7 @@ def test_documented_log_fields_match_emitted_lines(make_app, monkeypatch):
 
 
 # What each placeholder of a documented span name stands for.
-PLACEHOLDERS = {"METHOD": r"[A-Z]+", "route": r"/\S*", "path": r"/\S*", "model": r"\S+"}
+PLACEHOLDERS = {"METHOD": r"[A-Z]+", "route": r"(/\S*|unmatched)", "path": r"/\S*", "model": r"\S+"}
 
 
 def span_pattern(name: str) -> re.Pattern:

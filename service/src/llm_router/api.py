@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from importlib import resources
 
 import yaml
-from flask import Blueprint, Response, g, jsonify, request, stream_with_context
+from flask import Blueprint, Response, current_app, g, jsonify, request, stream_with_context
 from prometheus_client.exposition import choose_encoder
 
 from .app import Services, finish_request, services
@@ -73,9 +73,14 @@ def _parse_body() -> object:
             415, "Content-Type must be application/json.", code="unsupported_media_type", type="invalid_request_error"
         )
     raw = request.get_data(cache=False)
+    limit = current_app.config["MAX_CONTENT_LENGTH"]
+    if request.content_length is None and len(raw) >= limit and request.environ["wsgi.input"].read(1):
+        # A chunked body has no Content-Length: werkzeug stops reading at the limit
+        # instead of refusing, so look past it ourselves.
+        raise APIError(413, f"The request body is larger than {limit} bytes.", code="request_too_large")
     try:
         return json.loads(raw)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         raise APIError(400, "The request body is not valid JSON.", code="invalid_json") from None
 
 
@@ -106,6 +111,7 @@ def chat_completions():
     state = services()
     record: RequestRecord = g.record
     record.chat = True
+    record.strategy = state.config.routing.default_strategy
     record.tenant = state.tenants.resolve(request.headers.get("Authorization"), request.headers.get("X-Tenant-ID"))
     body = _parse_body()
     chat = validate_chat(body, state.config.limits)

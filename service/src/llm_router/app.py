@@ -24,6 +24,10 @@ from .telemetry.tracing import build_tracer_provider, tracer_for
 from .tenants import Budgets, TenantDirectory
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+# The `method` label takes these values; anything else a client sends counts as "other".
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+# Health and metrics requests make no spans (anchored: only these paths, any host).
+_UNTRACED = r"/healthz(\?|$),/readyz(\?|$),/metrics(\?|$)"
 _access_log = logging.getLogger(logs.ACCESS_LOGGER)
 
 
@@ -92,7 +96,8 @@ def create_app(
 
     store = StateStore(state_dir)
     router = Router(config, store, tracer, telemetry.metrics)
-    app = Flask(__name__)
+    # No static folder: the router serves no files, and its URL rule would be a route label.
+    app = Flask(__name__, static_folder=None)
     app.config["MAX_CONTENT_LENGTH"] = config.limits.max_body_bytes
     app.json.sort_keys = False
     app.extensions["llm_router"] = Services(
@@ -115,7 +120,7 @@ def create_app(
         from opentelemetry.instrumentation.flask import FlaskInstrumentor
 
         FlaskInstrumentor().instrument_app(
-            app, tracer_provider=tracer_provider, excluded_urls="healthz,readyz,metrics"
+            app, tracer_provider=tracer_provider, excluded_urls=_UNTRACED, request_hook=_name_server_span
         )
     register_error_handlers(app)
     _register_request_hooks(app)
@@ -135,6 +140,16 @@ def create_app(
     return app
 
 
+def _name_server_span(span, environ) -> None:
+    """Server spans are named by URL rule; an unmatched path must not become a span name."""
+    if span.is_recording() and request.url_rule is None:
+        span.update_name(f"{_method()} unmatched")
+
+
+def _method() -> str:
+    return request.method if request.method in _METHODS else "other"
+
+
 def _register_request_hooks(app: Flask) -> None:
     def before() -> None:
         incoming = request.headers.get("X-Request-ID", "")
@@ -145,6 +160,7 @@ def _register_request_hooks(app: Flask) -> None:
         if context.is_valid:
             g.record.trace_id = format(context.trace_id, "032x")
             g.record.span_id = format(context.span_id, "016x")
+            g.record.sampled = context.trace_flags.sampled
         if services().telemetry.metrics:
             m.HTTP_IN_FLIGHT.inc()
 
@@ -171,8 +187,8 @@ def finish_request(record: RequestRecord, status: int) -> None:
     route = request.url_rule.rule if request.url_rule is not None else "unmatched"
     if state.telemetry.metrics:
         m.HTTP_IN_FLIGHT.dec()
-        m.HTTP_REQUESTS.labels(route, request.method, str(status)).inc()
-        m.HTTP_DURATION.labels(route, request.method).observe(seconds, _trace_exemplar(record))
+        m.HTTP_REQUESTS.labels(route, _method(), str(status)).inc()
+        m.HTTP_DURATION.labels(route, _method()).observe(seconds, _trace_exemplar(record))
     if record.chat:
         _finish_chat(state, record, seconds)
     if state.telemetry.logs:
@@ -197,7 +213,7 @@ def finish_request(record: RequestRecord, status: int) -> None:
 
 
 def _trace_exemplar(record: RequestRecord) -> dict[str, str] | None:
-    if record.trace_id is None or m.multiprocess_enabled():
+    if record.trace_id is None or not record.sampled or m.multiprocess_enabled():
         return None
     return {"trace_id": record.trace_id}
 
@@ -208,8 +224,12 @@ def _finish_chat(state: Services, record: RequestRecord, seconds: float) -> None
     if not state.telemetry.metrics:
         return
     m.CHAT_REQUESTS.labels(record.tenant, record.model, record.strategy, str(record.code)).inc()
-    m.CHAT_DURATION.labels(record.model, "true" if record.stream else "false").observe(seconds, _trace_exemplar(record))
     if record.code == 200:
+        # Latency of answered requests only: fast rejections would flatter the latency SLO
+        # (errors have their own SLO, on the counter above).
+        m.CHAT_DURATION.labels(record.model, "true" if record.stream else "false").observe(
+            seconds, _trace_exemplar(record)
+        )
         m.OVERHEAD.observe(max(0.0, seconds - record.backend_seconds))
     if record.input_tokens or record.output_tokens:
         m.TOKENS.labels(record.tenant, record.model, "input").inc(record.input_tokens)

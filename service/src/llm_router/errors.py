@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import logging
+
 from flask import Flask, jsonify
 from werkzeug.exceptions import HTTPException
+
+from .telemetry.logs import EVENT_LOGGER
 
 
 class APIError(Exception):
@@ -73,5 +77,5 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(Exception)
     def _unexpected(error: Exception):
         # Logged with its traceback for operators; the client gets no internals.
-        app.logger.exception("unhandled error", extra={"event": "unhandled_error"})
+        logging.getLogger(EVENT_LOGGER).exception("unhandled error", extra={"event": "unhandled_error"})
         return APIError(500, "The router failed to handle the request.", type="server_error", code="internal_error").response()

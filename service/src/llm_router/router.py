@@ -46,6 +46,7 @@ class RequestRecord:
     over_budget: bool = False
     trace_id: str | None = None
     span_id: str | None = None
+    sampled: bool = False
     chat: bool = False
     extra: dict = field(default_factory=dict)
 
@@ -284,6 +285,7 @@ class Router:
             finally:
                 if not handed_over:
                     slot.limiter.release()
+        record.error_type = last_error.kind if last_error else (skipped[-1] if skipped else "no_candidate")
         raise self._exhausted(skipped, last_error, tried)
 
     def _decided(self, record: RequestRecord, candidate: Candidate) -> None:

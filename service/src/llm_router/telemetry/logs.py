@@ -29,13 +29,16 @@ class ContextFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.service = self.service
-        record.request_id = request_id_var.get()
-        context = trace.get_current_span().get_span_context()
-        if context.is_valid:
-            record.trace_id = format(context.trace_id, "032x")
-            record.span_id = format(context.span_id, "016x")
-        else:
-            record.trace_id = record.span_id = None
+        if getattr(record, "request_id", None) is None:
+            record.request_id = request_id_var.get()
+        # Ids passed explicitly win: a stream's access line is written after its span ended.
+        if getattr(record, "trace_id", None) is None:
+            context = trace.get_current_span().get_span_context()
+            if context.is_valid:
+                record.trace_id = format(context.trace_id, "032x")
+                record.span_id = format(context.span_id, "016x")
+            else:
+                record.trace_id = record.span_id = None
         return True
 
 

@@ -43,7 +43,7 @@ CHAT_REQUESTS = Counter(
     ["tenant", "model", "strategy", "code"],
 )
 CHAT_DURATION = Histogram(
-    "llm_router_chat_request_duration_seconds", "End-to-end chat completion latency, by served model and streaming.",
+    "llm_router_chat_request_duration_seconds", "End-to-end latency of answered chat completions, by model and streaming.",
     ["model", "stream"], buckets=LATENCY_BUCKETS,
 )
 OVERHEAD = Histogram(
