@@ -28,6 +28,7 @@ DEB_PACKAGES=(prometheus promtool prometheus-alertmanager docker-compose)
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 TOOLS_DIR="$REPO_ROOT/.tools"
 BIN_DIR="$TOOLS_DIR/bin"
+AM_SHARE=/usr/share/prometheus/alertmanager
 PLUGIN_DIR="$TOOLS_DIR/docker/cli-plugins"
 
 log() { printf '[install-tools] %s\n' "$*" >&2; }
@@ -56,6 +57,9 @@ versions_ok() {
   check promtool     "$PROMETHEUS_VERSION_PREFIX"   "$BIN_DIR/promtool" --version
   check prometheus   "$PROMETHEUS_VERSION_PREFIX"   "$BIN_DIR/prometheus" --version
   check amtool       "$ALERTMANAGER_VERSION_PREFIX" "$BIN_DIR/amtool" --version
+  if [[ ! -f "$AM_SHARE/default.tmpl" ]]; then
+    [[ -n "$quiet" ]] || log "missing: $AM_SHARE/default.tmpl"; ok=1
+  fi
   check alertmanager "$ALERTMANAGER_VERSION_PREFIX" "$BIN_DIR/alertmanager" --version
   check docker-compose "$COMPOSE_VERSION_PREFIX"    "$PLUGIN_DIR/docker-compose" version
   return "$ok"
@@ -193,6 +197,14 @@ install -m 0755 "$SRC_AMTOOL"       "$BIN_DIR/amtool"
 install -m 0755 "$SRC_COMPOSE"      "$PLUGIN_DIR/docker-compose"
 ln -sfn prometheus-alertmanager              "$BIN_DIR/alertmanager"
 ln -sfn ../docker/cli-plugins/docker-compose "$BIN_DIR/docker-compose"
+
+# Debian's alertmanager build reads its default notification templates from this fixed
+# path instead of embedding them: without it, it refuses any config with receivers.
+AM_SHARE_SRC="$WORK/root$AM_SHARE"
+[[ -f "$AM_SHARE_SRC/default.tmpl" ]] || die "default.tmpl missing from the alertmanager package"
+if ! { mkdir -p "$AM_SHARE" && cp -r "$AM_SHARE_SRC/." "$AM_SHARE/"; } 2>/dev/null; then
+  die "cannot write $AM_SHARE (run as root): Debian's alertmanager needs its templates there"
+fi
 
 # ---- verify -------------------------------------------------------------------
 versions_ok || die "installed tools do not match the pinned versions (prometheus/promtool ${PROMETHEUS_VERSION_PREFIX}x, alertmanager/amtool ${ALERTMANAGER_VERSION_PREFIX}x, compose ${COMPOSE_VERSION_PREFIX}x); Debian '$APT_SUITE' may have moved on - update the pins or TOOLS_APT_SUITE"
