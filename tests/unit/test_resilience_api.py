@@ -195,3 +195,18 @@ def test_unreachable_openai_compatible_backend_is_a_502(make_app):
     assert response.status_code == 502
     samples = metrics(client)
     assert metric_sum(samples, "llm_router_backend_requests_total", model="gone", outcome="connection_error") == 1
+
+
+def test_skipping_an_open_circuit_counts_as_a_fallback(make_app):
+    data = quiet_models(config_dict())
+    data["routing"]["circuit_breaker"] = {"failure_threshold": 1, "reset_timeout_seconds": 60}
+    data["routing"]["retries"] = 0
+    client = make_app(data).test_client()
+    inject(client, "sim-fast", error_rate=1.0)
+    client.post("/v1/chat/completions", json=chat_body("sim-fast"))  # opens sim-fast's circuit
+    before = metrics(client)
+    response = client.post("/v1/chat/completions", json=chat_body("sim-fast", content="again"))
+    assert response.status_code == 200 and response.headers["X-Router-Model"] == "sim-mini"
+    after = metrics(client)
+    labels = {"from_model": "sim-fast", "to_model": "sim-mini"}
+    assert metric_sum(after, "llm_router_fallbacks_total", **labels) - metric_sum(before, "llm_router_fallbacks_total", **labels) == 1

@@ -251,11 +251,14 @@ class Router:
             if not slot.breaker.allow():
                 self._rejected(slot, "circuit_open")
                 skipped.append("circuit_open")
+                # The next candidate tried is a fallback from the first one we wanted.
+                previous = previous or slot.model
                 continue
             if not slot.limiter.acquire(self._queue_gauge(slot)):
                 slot.breaker.release()
                 self._rejected(slot, "saturated")
                 skipped.append("saturated")
+                previous = previous or slot.model
                 continue
             tried += 1
             if previous is not None:

@@ -80,7 +80,13 @@ class Budgets:
         """True when the tenant is over budget and the request may still go ahead
         (action "flag"); raises APIError when it must be rejected."""
         limit = self.limits.get(tenant)
-        if limit is None or self.store.spend(tenant) < limit:
+        if limit is None:
+            return False
+        spend = self.store.spend(tenant)
+        if self.metrics_on:
+            # Kept current on every request, so a new month shows at once (not at the next charge).
+            m.TENANT_SPEND.labels(tenant).set(spend)
+        if spend < limit:
             return False
         action = "rejected" if self.action == "reject" else "flagged"
         if self.metrics_on:
