@@ -47,13 +47,28 @@ class ChatCompletionRequest(_Open):
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
 
 
+# Pydantic names the member of a union it tried in the error location ("str",
+# "list[ContentPart]"): not a parameter name, so it is left out of `param`.
+_UNION_TAGS = frozenset({"str", "int", "float", "bool", "none"})
+
+
+def _path(loc: tuple) -> tuple:
+    return tuple(part for part in loc if not (isinstance(part, str) and (part in _UNION_TAGS or "[" in part)))
+
+
 def _describe(error: ValidationError) -> APIError:
-    first = error.errors()[0]
-    param = ".".join(str(part) for part in first["loc"]) or None
+    errors = error.errors()
+    path = _path(errors[0]["loc"])
+    # Of the union members that failed for this parameter, report the one that got furthest
+    # (a list of content parts with a bad part, rather than "should be a valid string").
+    same = [e for e in errors if _path(e["loc"])[: len(path)] == path]
+    first = max(same, key=lambda e: len(_path(e["loc"])))
+    param = ".".join(str(part) for part in _path(first["loc"])) or None
     kind = first["type"]
     if kind == "missing":
         return APIError(400, f"Missing required parameter: '{param}'.", param=param, code="missing_required_parameter")
-    message = first["msg"]
+    # Pydantic says "a valid dictionary or instance of Message": JSON clients know objects.
+    message = "Input should be an object" if kind in ("model_type", "dict_type") else first["msg"]
     return APIError(400, f"Invalid value for '{param}': {message}.", param=param, code="invalid_value")
 
 
