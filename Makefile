@@ -16,7 +16,7 @@ USERS ?= 20
 SPAWN_RATE ?= 5
 DURATION ?= 60s
 
-.PHONY: help venv tools run load rules lint test constraints clean
+.PHONY: help venv tools run load rules dashboards lint test constraints clean
 
 help: ## List the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-18s\033[0m %s\n", $$1, $$2}'
@@ -44,8 +44,12 @@ load: venv ## Drive load with Locust against $(ROUTER_URL) (USERS, SPAWN_RATE, D
 rules: venv ## Regenerate prometheus/rules/*.yml from prometheus/config.yaml
 	$(PY) prometheus/generate.py
 
+dashboards: venv ## Regenerate grafana/generated/*.json from the grafanalib sources
+	$(PY) grafana/dashboards/generate.py
+
 lint: venv tools ## Check configs and rules with the real tools: promtool, amtool, the router's validator
 	$(PY) prometheus/generate.py --check
+	$(PY) grafana/dashboards/generate.py --check
 	$(TOOLS)/promtool check config --lint=all --lint-fatal prometheus/prometheus.yml
 	$(TOOLS)/promtool check rules --lint=all --lint-fatal prometheus/rules/*.yml
 	cd prometheus/tests && ../../$(TOOLS)/promtool test rules *.test.yml

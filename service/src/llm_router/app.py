@@ -114,6 +114,7 @@ def create_app(
             [model.id for model in config.models],
             {t.id: t.monthly_budget_usd for t in config.tenants if t.monthly_budget_usd},
             {model.id: model.max_concurrency for model in config.models},
+            "rejected" if config.budgets.on_exhausted == "reject" else "flagged",
         )
     if tracer_provider is not None:
         # Before our hooks, so the server span exists when a request's record is made.

@@ -150,7 +150,9 @@ def exposition_registry() -> CollectorRegistry:
     return REGISTRY
 
 
-def initialise(model_ids: list[str], tenant_budgets: dict[str, float], max_concurrency: dict[str, int]) -> None:
+def initialise(
+    model_ids: list[str], tenant_budgets: dict[str, float], max_concurrency: dict[str, int], budget_action: str
+) -> None:
     """Create the series that must exist before any traffic (so alerts and panels see 0)."""
     BUILD_INFO.labels(__version__, platform.python_version()).set(1)
     for model in model_ids:
@@ -160,3 +162,4 @@ def initialise(model_ids: list[str], tenant_budgets: dict[str, float], max_concu
         BACKEND_MAX_CONCURRENCY.labels(model).set(max_concurrency[model])
     for tenant, budget in tenant_budgets.items():
         TENANT_BUDGET.labels(tenant).set(budget)
+        BUDGET_EXCEEDED.labels(tenant, budget_action)
