@@ -273,6 +273,8 @@ def dashboard(key: str, description: str, panels: list, variables=("tenant", "mo
         panels=layout(panels), links=dashboard_links(key),
         templating=g.Templating([datasource_variable(), *(VARIABLES[name]() for name in variables)]),
         time=g.Time("now-1h", "now"), refresh="30s", graphTooltip=g.GRAPH_TOOLTIP_MODE_SHARED_CROSSHAIR,
+        # Provisioned from code: edits belong in the grafanalib source, not the UI.
+        editable=False,
     ).auto_panel_ids()
 
 
