@@ -30,6 +30,11 @@ def _ratio(value: float) -> str:
     return f"{value:.6g}"
 
 
+def _share(by: str, part: str, whole: str) -> str:
+    """part / whole, where a part with no series yet (no error so far) counts as 0, not absent."""
+    return f"(\n  sum by ({by}) ({part})\n  or\n  0 * sum by ({by}) ({whole})\n)\n/\nsum by ({by}) ({whole})"
+
+
 class Rules:
     def __init__(self, config: dict) -> None:
         self.c = config
@@ -74,14 +79,14 @@ class Rules:
             {"record": "tenant:llm_router_chat_requests:rate5m",
              "expr": f"sum by (job, tenant) (rate(llm_router_chat_requests_total{r}[5m]))"},
             {"record": "job:llm_router_chat_errors:ratio_rate5m",
-             "expr": f"sum by (job) (rate(llm_router_chat_requests_total{err}[5m]))\n"
-                     f"/\nsum by (job) (rate(llm_router_chat_requests_total{r}[5m]))"},
+             "expr": _share("job", f"rate(llm_router_chat_requests_total{err}[5m])",
+                            f"rate(llm_router_chat_requests_total{r}[5m])")},
             {"record": "model:llm_router_chat_errors:ratio_rate5m",
-             "expr": f"sum by (job, model) (rate(llm_router_chat_requests_total{err}[5m]))\n"
-                     f"/\nsum by (job, model) (rate(llm_router_chat_requests_total{r}[5m]))"},
+             "expr": _share("job, model", f"rate(llm_router_chat_requests_total{err}[5m])",
+                            f"rate(llm_router_chat_requests_total{r}[5m])")},
             {"record": "model:llm_router_backend_errors:ratio_rate5m",
-             "expr": f"sum by (job, model) (rate(llm_router_backend_requests_total{failed}[5m]))\n"
-                     f"/\nsum by (job, model) (rate(llm_router_backend_requests_total{r}[5m]))"},
+             "expr": _share("job, model", f"rate(llm_router_backend_requests_total{failed}[5m])",
+                            f"rate(llm_router_backend_requests_total{r}[5m])")},
         ]
         for quantile in ("50", "95", "99"):
             q = f"0.{quantile}"
@@ -105,14 +110,14 @@ class Rules:
             {"record": "model:llm_router_cost_usd:increase1h",
              "expr": f"sum by (job, model) (increase(llm_router_cost_usd_total{r}[1h]))"},
             {"record": "job:llm_router_fallbacks:ratio_rate5m",
-             "expr": f"sum by (job) (rate(llm_router_fallbacks_total{r}[5m]))\n"
-                     f"/\nsum by (job) (rate(llm_router_chat_requests_total{r}[5m]))"},
+             "expr": _share("job", f"rate(llm_router_fallbacks_total{r}[5m])",
+                            f"rate(llm_router_chat_requests_total{r}[5m])")},
         ]
         for window in ("30m", "1d"):
             rules.append({
                 "record": f"job:llm_router_cache_hits:ratio_rate{window}",
-                "expr": f"sum by (job) (rate(llm_router_cache_requests_total{hits}[{window}]))\n"
-                        f"/\nsum by (job) (rate(llm_router_cache_requests_total{lookups}[{window}]))",
+                "expr": _share("job", f"rate(llm_router_cache_requests_total{hits}[{window}])",
+                               f"rate(llm_router_cache_requests_total{lookups}[{window}])"),
             })
         rules.append({
             "record": "tenant:llm_router_budget_used:ratio",
@@ -140,8 +145,8 @@ class Rules:
         for window in self.windows() + [slo["period"]]:
             rules.append({
                 "record": f"job:llm_router_slo_errors:ratio_rate{window}",
-                "expr": f"sum by (job) (rate(llm_router_chat_requests_total{err}[{window}]))\n"
-                        f"/\nsum by (job) (rate(llm_router_chat_requests_total{valid}[{window}]))",
+                "expr": _share("job", f"rate(llm_router_chat_requests_total{err}[{window}])",
+                               f"rate(llm_router_chat_requests_total{valid}[{window}])"),
             })
             rules.append({
                 "record": f"job:llm_router_slo_slow_requests:ratio_rate{window}",
@@ -171,9 +176,10 @@ class Rules:
                 clauses = []
                 for row in spec["windows"]:
                     limit = _ratio(row["factor"] * budget)
+                    # The short window first: `and` keeps the left side's value for $value.
                     clauses.append(
-                        f"(\n  job:llm_router_slo_{kind}:ratio_rate{row['long']} > {limit}\n"
-                        f"  and\n  job:llm_router_slo_{kind}:ratio_rate{row['short']} > {limit}\n)"
+                        f"(\n  job:llm_router_slo_{kind}:ratio_rate{row['short']} > {limit}\n"
+                        f"  and\n  job:llm_router_slo_{kind}:ratio_rate{row['long']} > {limit}\n)"
                     )
                 rows = ", ".join(f"{r['factor']}x over {r['long']}/{r['short']}" for r in spec["windows"])
                 what = "errors" if kind == "errors" else f"requests slower than {slo['latency']['threshold_seconds']}s"
@@ -196,8 +202,8 @@ class Rules:
             self.alert(
                 "RouterDown", f"up{r} == 0\nor\nabsent(up{r})", t["router_down_for"], "critical",
                 "The LLM router is down",
-                "Prometheus cannot scrape {{ $labels.job }} {{ $labels.instance }}: the router is down or unreachable, "
-                "so no request is being served.",
+                "Prometheus cannot scrape {{ $labels.job }}{{ with $labels.instance }} at {{ . }}{{ end }}: "
+                "the router is down or unreachable, so no request is being served.",
                 "overview",
             ),
             self.alert(
@@ -211,7 +217,8 @@ class Rules:
             ),
             self.alert(
                 "BackendCircuitOpen",
-                f"max by (job, model) (llm_router_circuit_breaker_state{r}) == 2",
+                # Not closed: open, or half-open while a probe hangs on a backend that times out.
+                f"max by (job, model) (llm_router_circuit_breaker_state{r}) >= 1",
                 t["circuit_open_for"], "warning",
                 "The circuit breaker for {{ $labels.model }} is open",
                 "Requests to {{ $labels.model }} failed repeatedly, so the router stopped sending it traffic; "
@@ -220,7 +227,7 @@ class Rules:
             ),
             self.alert(
                 "NoBackendAvailable",
-                f"min by (job) (llm_router_circuit_breaker_state{r}) == 2",
+                f"min by (job) (llm_router_circuit_breaker_state{r}) >= 1",
                 t["no_backend_for"], "critical",
                 "Every model backend of the router is unavailable",
                 "All circuit breakers of {{ $labels.job }} are open: requests fail with 503 until a backend recovers.",
@@ -231,8 +238,8 @@ class Rules:
                 f"job:llm_router_fallbacks:ratio_rate5m > {_ratio(t['fallback_ratio'])}",
                 t["fallback_for"], "warning",
                 "Many requests need a fallback backend",
-                "{{ $value | humanizePercentage }} of chat requests moved to a fallback backend over 5 minutes "
-                f"(threshold {t['fallback_ratio']:.0%}): a primary backend is failing or slow.",
+                "Fallback hops were {{ $value | humanizePercentage }} of chat requests over 5 minutes "
+                f"(threshold {t['fallback_ratio']:.0%}): a primary backend is failing, slow or has its circuit open.",
                 "routing",
             ),
             self.alert(
@@ -257,7 +264,7 @@ class Rules:
             self.alert(
                 "TenantBudgetNearlyExhausted",
                 f"tenant:llm_router_budget_used:ratio >= {_ratio(t['budget_warning_ratio'])} < 1",
-                t["budget_for"], "warning",
+                t["budget_for"], "info",
                 "Tenant {{ $labels.tenant }} has used {{ $value | humanizePercentage }} of its monthly budget",
                 f"Tenant {{{{ $labels.tenant }}}} passed {t['budget_warning_ratio']:.0%} of its monthly budget; "
                 "requests will be rejected (or flagged) when it reaches 100%.",
@@ -265,8 +272,10 @@ class Rules:
             ),
             self.alert(
                 "TenantBudgetExhausted",
+                # Not a page: the router is doing what the budget asks; the team owning the
+                # tenant (and whoever sets budgets) needs to know during working hours.
                 "tenant:llm_router_budget_used:ratio >= 1",
-                t["budget_for"], "critical",
+                t["budget_for"], "warning",
                 "Tenant {{ $labels.tenant }} has exhausted its monthly budget",
                 "Tenant {{ $labels.tenant }} spent {{ $value | humanizePercentage }} of its monthly budget: "
                 "its requests are rejected with 402 (or flagged, per budgets.on_exhausted).",
@@ -275,7 +284,10 @@ class Rules:
             self.alert(
                 "CostSpike",
                 f"tenant:llm_router_cost_usd:increase1h > {_ratio(t['cost_spike_factor'])} * (tenant:llm_router_cost_usd:increase1h offset 1d)\n"
-                f"and\ntenant:llm_router_cost_usd:increase1h > {_ratio(t['cost_spike_min_usd_per_hour'])}",
+                f"and\ntenant:llm_router_cost_usd:increase1h > {_ratio(t['cost_spike_min_usd_per_hour'])}\n"
+                # Yesterday's hour must be a whole hour: a tenant (or a Prometheus) younger
+                # than 25 h has a partial one, which would look like a spike.
+                "and on (job, tenant)\n(tenant:llm_router_cost_usd:increase1h offset 25h)",
                 t["cost_spike_for"], "warning",
                 "Spend of tenant {{ $labels.tenant }} spiked",
                 "Tenant {{ $labels.tenant }} spent ${{ $value | printf \"%.2f\" }} in the last hour, more than "
