@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import socket
+import threading
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -184,3 +188,46 @@ def parse_metrics(text: str) -> dict[tuple[str, frozenset], float]:
 def metric_sum(samples: dict, name: str, **labels) -> float:
     wanted = set(labels.items())
     return sum(value for (sample, sample_labels), value in samples.items() if sample == name and wanted <= sample_labels)
+
+
+@contextmanager
+def captured_json_lines(service: str = "llm-router") -> Iterator[Callable[[], list[dict]]]:
+    """Every log record meanwhile, formatted as the router formats it; call to read them."""
+    from llm_router.telemetry.logs import ContextFilter, RouterJsonFormatter
+
+    lines: list[str] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record):
+            lines.append(self.format(record))
+
+    handler = Collect()
+    handler.setFormatter(RouterJsonFormatter())
+    handler.addFilter(ContextFilter(service))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield lambda: [json.loads(line) for line in lines]
+    finally:
+        root.removeHandler(handler)
+
+
+@pytest.fixture
+def json_lines():
+    with captured_json_lines() as read:
+        yield read
+
+
+@contextmanager
+def serving(app) -> Iterator[str]:
+    """An in-process app on a real socket (127.0.0.1, ephemeral port); yields its URL."""
+    from werkzeug.serving import make_server
+
+    httpd = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_port}"
+    finally:
+        httpd.shutdown()
+        thread.join(5)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-import logging
 import os
 import signal
 import subprocess
@@ -15,11 +14,10 @@ import time
 import pytest
 import requests
 
-from conftest import free_port, metric_sum, parse_metrics
+from conftest import captured_json_lines, free_port, metric_sum, parse_metrics
 from llm_router.alertsink import create_sink_app
 from llm_router.cli import main
 from llm_router.telemetry import metrics as router_metrics  # noqa: F401  (its metrics must not leak in)
-from llm_router.telemetry.logs import ContextFilter, RouterJsonFormatter
 
 RECEIVERS = ("pager", "chat", "low-priority", "heartbeat")
 
@@ -100,19 +98,8 @@ def client(sink):
 @pytest.fixture
 def json_lines():
     """The JSON lines logged, captured with the router's own formatter and filter."""
-    lines: list[str] = []
-
-    class Collect(logging.Handler):
-        def emit(self, record):
-            lines.append(self.format(record))
-
-    handler = Collect()
-    handler.setFormatter(RouterJsonFormatter())
-    handler.addFilter(ContextFilter("llm-alertsink"))
-    root = logging.getLogger()
-    root.addHandler(handler)
-    yield lambda: [json.loads(line) for line in lines]
-    root.removeHandler(handler)
+    with captured_json_lines("llm-alertsink") as read:
+        yield read
 
 
 def scrape(client) -> dict:

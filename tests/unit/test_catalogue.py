@@ -9,12 +9,8 @@ spans against an in-memory exporter.
 
 from __future__ import annotations
 
-import io
 import json
-import logging
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
@@ -24,7 +20,7 @@ from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import REPO, chat_body, parse_metrics
+from conftest import REPO, captured_json_lines, chat_body, parse_metrics
 
 DOC = REPO / "docs" / "metrics.md"
 ADMIN_TOKEN = "catalogue-admin-token"
@@ -330,25 +326,6 @@ def test_exemplars_only_on_documented_histograms_and_only_single_process(client,
 # --- logs ------------------------------------------------------------------------------------------
 
 
-@contextmanager
-def json_lines() -> Iterator[list[dict]]:
-    """The JSON lines every logger emits meanwhile, formatted as the router formats them."""
-    from llm_router.telemetry.logs import ContextFilter, RouterJsonFormatter
-
-    stream = io.StringIO()
-    handler = logging.StreamHandler(stream)
-    handler.setFormatter(RouterJsonFormatter())
-    handler.addFilter(ContextFilter("llm-router"))
-    root = logging.getLogger()
-    root.addHandler(handler)
-    lines: list[dict] = []
-    try:
-        yield lines
-    finally:
-        root.removeHandler(handler)
-        lines.extend(json.loads(line) for line in stream.getvalue().splitlines() if line.strip())
-
-
 def test_documented_log_fields_match_emitted_lines(make_app, monkeypatch):
     from llm_router import api
     from llm_router.app import Telemetry
@@ -358,7 +335,7 @@ def test_documented_log_fields_match_emitted_lines(make_app, monkeypatch):
     access = {name for name, lines in fields.items() if lines.startswith("access")}
     events = {key(row, "Event"): row for row in rows("Event")}
 
-    with json_lines() as lines:
+    with captured_json_lines() as read:
         # Content logging on, so the opt-in fields show up too.
         app = make_app(telemetry=Telemetry(log_content=True))
         client = app.test_client()
@@ -369,6 +346,7 @@ def test_documented_log_fields_match_emitted_lines(make_app, monkeypatch):
 
         monkeypatch.setattr(api, "_openapi_document", boom)
         assert client.get("/openapi.json").status_code == 500
+        lines = read()
 
     assert lines
     for line in lines:

@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
-import threading
-
 import openai
 import pytest
-from werkzeug.serving import make_server
+
+from conftest import serving
 
 
 @pytest.fixture
 def server(app):
-    httpd = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{httpd.server_port}"
-    httpd.shutdown()
-    thread.join(5)
+    with serving(app) as url:
+        yield url
 
 
 def client_for(url: str, key: str = "sk-demo-research", **headers) -> openai.OpenAI:

@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from conftest import chat_body, config_dict, metric_sum, parse_metrics, quiet_models
+from conftest import chat_body, config_dict, metric_sum, parse_metrics, quiet_models, serving
 
 ADMIN = {"Authorization": "Bearer test-admin-token"}
 
@@ -153,20 +153,13 @@ def test_readiness_fails_when_every_circuit_is_open(make_app):
     assert response.get_json() == {"status": "unavailable", "reasons": ["sim-mini: circuit open"]}
 
 
-def test_openai_compatible_backend_through_another_router(make_app, tmp_path):
+def test_openai_compatible_backend_through_another_router(make_app):
     """Router A uses router B (simulated) as an OpenAI-compatible upstream."""
-    from werkzeug.serving import make_server
-
-    upstream = make_app()
-    httpd = make_server("127.0.0.1", 0, upstream, threaded=True)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(make_app()) as url:
         data = quiet_models(config_dict())
         data["models"] = [{
             "id": "remote", "provider": "openai", "provider_name": "llm-router", "upstream_model": "sim-fast",
-            "base_url": f"http://127.0.0.1:{httpd.server_port}/v1", "price": {"input_per_1k": 1, "output_per_1k": 1},
-            "quality": 0.5,
+            "base_url": f"{url}/v1", "price": {"input_per_1k": 1, "output_per_1k": 1}, "quality": 0.5,
         }]
         client = make_app(data).test_client()
         plain = client.post("/v1/chat/completions", json=chat_body("remote"))
@@ -176,9 +169,6 @@ def test_openai_compatible_backend_through_another_router(make_app, tmp_path):
         assert streamed.status_code == 200 and streamed.get_data(as_text=True).endswith("data: [DONE]\n\n")
         bad_upstream_model = client.post("/v1/chat/completions", json=chat_body("remote", max_tokens=10**6))
         assert bad_upstream_model.status_code == 400  # rejected by the router before reaching upstream
-    finally:
-        httpd.shutdown()
-        thread.join(5)
 
 
 def test_unreachable_openai_compatible_backend_is_a_502(make_app):

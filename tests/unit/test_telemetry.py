@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 import json
-import logging
 import random
 import string
-import threading
 
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
-from werkzeug.serving import make_server
 
-from conftest import chat_body, config_dict, parse_metrics, quiet_models
+from conftest import chat_body, config_dict, parse_metrics, quiet_models, serving
 from llm_router.app import Telemetry
-from llm_router.telemetry.logs import ContextFilter, RouterJsonFormatter
 
 
 @pytest.fixture
@@ -26,24 +22,6 @@ def spans():
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(exporter))
     return provider, exporter
-
-
-@pytest.fixture
-def json_lines():
-    """The JSON lines the router logs, captured with its own formatter and filter."""
-    lines: list[str] = []
-
-    class Collect(logging.Handler):
-        def emit(self, record):
-            lines.append(self.format(record))
-
-    handler = Collect()
-    handler.setFormatter(RouterJsonFormatter())
-    handler.addFilter(ContextFilter("llm-router"))
-    root = logging.getLogger()
-    root.addHandler(handler)
-    yield lambda: [json.loads(line) for line in lines]
-    root.removeHandler(handler)
 
 
 def test_chat_span_has_gen_ai_attributes_and_parents(make_app, spans):
@@ -99,19 +77,13 @@ def test_stream_span_ends_with_the_stream(make_app, spans):
 def test_trace_context_reaches_openai_compatible_upstreams(make_app, spans):
     provider, exporter = spans
     upstream = make_app(tracer_provider=provider)
-    httpd = make_server("127.0.0.1", 0, upstream, threaded=True)
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(upstream) as url:
         data = quiet_models(config_dict())
         data["models"] = [{
             "id": "remote", "provider": "openai", "upstream_model": "sim-fast", "quality": 0.5,
-            "base_url": f"http://127.0.0.1:{httpd.server_port}/v1", "price": {"input_per_1k": 0, "output_per_1k": 0},
+            "base_url": f"{url}/v1", "price": {"input_per_1k": 0, "output_per_1k": 0},
         }]
         make_app(data, tracer_provider=provider).test_client().post("/v1/chat/completions", json=chat_body("remote"))
-    finally:
-        httpd.shutdown()
-        thread.join(5)
     finished = exporter.get_finished_spans()
     client_span = next(s for s in finished if s.name == "chat remote")
     upstream_server = next(s for s in finished if s.kind == SpanKind.SERVER and s.parent is not None and s.parent.is_remote)

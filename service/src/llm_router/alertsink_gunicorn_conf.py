@@ -13,6 +13,7 @@ import os
 os.environ.pop("PROMETHEUS_MULTIPROC_DIR", None)
 
 from llm_router.alertsink import SERVICE  # noqa: E402  (after the line above, on purpose)
+from llm_router.telemetry.logs import gunicorn_logconfig  # noqa: E402
 
 wsgi_app = "llm_router.alertsink:create_sink_app()"
 bind = os.environ.get("ALERT_SINK_BIND", "0.0.0.0:9095")
@@ -26,18 +27,4 @@ keepalive = 5
 accesslog = None
 control_socket_disable = True
 
-logconfig_dict = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "filters": {"context": {"()": "llm_router.telemetry.logs.ContextFilter", "service": SERVICE}},
-    "formatters": {"json": {"()": "llm_router.telemetry.logs.RouterJsonFormatter"}},
-    "handlers": {
-        "stdout": {"class": "logging.StreamHandler", "stream": "ext://sys.stdout", "formatter": "json", "filters": ["context"]},
-    },
-    # The app adds its own root handler in the worker.
-    "root": {"level": "INFO", "handlers": []},
-    "loggers": {
-        "gunicorn.error": {"handlers": ["stdout"], "level": "INFO", "propagate": False},
-        "gunicorn.access": {"handlers": [], "level": "CRITICAL", "propagate": False},
-    },
-}
+logconfig_dict = gunicorn_logconfig(SERVICE)

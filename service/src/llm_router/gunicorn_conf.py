@@ -39,22 +39,10 @@ else:
     # One worker: the in-memory registry, which also renders exemplars (trace ids).
     os.environ.pop(MULTIPROC_ENV, None)
 
-_SERVICE = os.environ.get("OTEL_SERVICE_NAME", "llm-router")
-logconfig_dict = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "filters": {"context": {"()": "llm_router.telemetry.logs.ContextFilter", "service": _SERVICE}},
-    "formatters": {"json": {"()": "llm_router.telemetry.logs.RouterJsonFormatter"}},
-    "handlers": {
-        "stdout": {"class": "logging.StreamHandler", "stream": "ext://sys.stdout", "formatter": "json", "filters": ["context"]},
-    },
-    # The app adds its own root handler in each worker.
-    "root": {"level": "INFO", "handlers": []},
-    "loggers": {
-        "gunicorn.error": {"handlers": ["stdout"], "level": "INFO", "propagate": False},
-        "gunicorn.access": {"handlers": [], "level": "CRITICAL", "propagate": False},
-    },
-}
+# The JSON logging module imports no prometheus_client, so it is safe this early.
+from llm_router.telemetry.logs import gunicorn_logconfig  # noqa: E402
+
+logconfig_dict = gunicorn_logconfig(os.environ.get("OTEL_SERVICE_NAME", "llm-router"))
 
 
 def on_starting(server) -> None:

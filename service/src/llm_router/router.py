@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, replace
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
-from .backends import Backend, BackendError, ChatRequest, Chunk, Completion, build_backend
+from .backends import Backend, BackendError, ChatRequest, Chunk, build_backend
 from .cache import ResponseCache
 from .config import ModelConfig, RouterConfig
 from .errors import APIError

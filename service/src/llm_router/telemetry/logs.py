@@ -80,6 +80,26 @@ def configure_logging(service: str, enabled: bool = True, level: str = "INFO") -
     root.setLevel(level)
 
 
+def gunicorn_logconfig(service: str) -> dict:
+    """gunicorn's `logconfig_dict`: its own lines in the same JSON; its access log off (the
+    apps write their own); the root logger left to the app (it adds its handler per worker)."""
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "filters": {"context": {"()": f"{__name__}.ContextFilter", "service": service}},
+        "formatters": {"json": {"()": f"{__name__}.RouterJsonFormatter"}},
+        "handlers": {
+            "stdout": {"class": "logging.StreamHandler", "stream": "ext://sys.stdout", "formatter": "json",
+                       "filters": ["context"]},
+        },
+        "root": {"level": "INFO", "handlers": []},
+        "loggers": {
+            "gunicorn.error": {"handlers": ["stdout"], "level": "INFO", "propagate": False},
+            "gunicorn.access": {"handlers": [], "level": "CRITICAL", "propagate": False},
+        },
+    }
+
+
 def event(name: str, message: str, level: int = logging.INFO, **fields) -> None:
     """An event line (fallback, breaker change, budget crossing, fault injected...)."""
     logging.getLogger(EVENT_LOGGER).log(level, message, extra={"event": name, **fields})
