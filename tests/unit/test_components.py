@@ -191,6 +191,11 @@ def test_budget_is_shared_through_the_store_and_crossings_fire_once(tmp_path, co
     assert store.spend("internal-tools") == pytest.approx(31)
     assert not budgets.check("internal-tools")
     other_worker.charge("internal-tools", 19)
+    # A worker sees another worker's spending within REFRESH_SECONDS: not before...
+    budgets.REFRESH_SECONDS = 3600
+    assert not budgets.check("internal-tools"), "read from this worker's recent view"
+    # ...and once it has passed (0 here), at once.
+    budgets.REFRESH_SECONDS = 0
     with pytest.raises(APIError) as over:
         budgets.check("internal-tools")
     assert over.value.status == 402 and over.value.code == "budget_exceeded"

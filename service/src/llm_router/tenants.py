@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import hmac
 import logging
+import threading
+import time
 
 from .config import RouterConfig
 from .errors import APIError
@@ -66,12 +68,18 @@ class TenantDirectory:
 class Budgets:
     """Monthly budgets, checked before a request and charged after it, shared by workers."""
 
+    # How stale this worker's view of another worker's spending may be. Checks read the
+    # shared store at most this often per tenant; charges are always written through.
+    REFRESH_SECONDS = 1.0
+
     def __init__(self, config: RouterConfig, store: StateStore, metrics_on: bool) -> None:
         self.limits = {t.id: t.monthly_budget_usd for t in config.tenants if t.monthly_budget_usd}
         self.action = config.budgets.on_exhausted
         self.thresholds = sorted(config.budgets.alert_thresholds)
         self.store = store
         self.metrics_on = metrics_on
+        self._lock = threading.Lock()
+        self._known: dict[str, tuple[float, float]] = {}  # tenant -> (spend, read at)
         if metrics_on:
             for tenant in self.limits:
                 m.TENANT_SPEND.labels(tenant).set(store.spend(tenant))
@@ -82,7 +90,7 @@ class Budgets:
         limit = self.limits.get(tenant)
         if limit is None:
             return False
-        spend = self.store.spend(tenant)
+        spend = self._spend(tenant)
         if self.metrics_on:
             # Kept current on every request, so a new month shows at once (not at the next charge).
             m.TENANT_SPEND.labels(tenant).set(spend)
@@ -98,11 +106,23 @@ class Budgets:
             )
         return True
 
+    def _spend(self, tenant: str) -> float:
+        now = time.monotonic()
+        known = self._known.get(tenant)
+        if known is not None and now - known[1] < self.REFRESH_SECONDS:
+            return known[0]
+        spend = self.store.spend(tenant)
+        with self._lock:
+            self._known[tenant] = (spend, now)
+        return spend
+
     def charge(self, tenant: str, usd: float) -> None:
         limit = self.limits.get(tenant)
         if limit is None or usd <= 0:
             return
         before, after = self.store.add_spend(tenant, usd)
+        with self._lock:
+            self._known[tenant] = (after, time.monotonic())
         if self.metrics_on:
             m.TENANT_SPEND.labels(tenant).set(after)
         for threshold in self.thresholds:

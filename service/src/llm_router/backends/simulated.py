@@ -22,6 +22,10 @@ _WORDS = (
     "latency tokens budget cache fallback circuit trace metric log alert dashboard"
 ).split()
 
+# A fixed stream of words; an answer is a slice of it at a random offset (drawing every
+# word separately cost more than the rest of a request).
+_CORPUS = random.Random(0).choices(_WORDS, k=8192)
+
 # z-score of the 95th percentile of a standard normal distribution.
 _Z95 = 1.6448536269514722
 
@@ -86,10 +90,17 @@ class SimulatedBackend:
     def _finish_reason(self, request: ChatRequest, output_tokens: int) -> str:
         return "length" if request.max_tokens is not None and output_tokens >= request.max_tokens else "stop"
 
+    def _words(self, count: int) -> list[str]:
+        start = self.rng.randrange(len(_CORPUS) - min(count, len(_CORPUS)) + 1)
+        words = _CORPUS[start:start + count]
+        while len(words) < count:
+            words += _CORPUS[: count - len(words)]
+        return words
+
     def complete(self, request: ChatRequest) -> Completion:
         ttft, input_tokens, output_tokens = self._plan(request)
         self._wait(ttft + output_tokens / self.sim.tokens_per_second * self.time_scale)
-        text = " ".join(self.rng.choice(_WORDS) for _ in range(output_tokens))
+        text = " ".join(self._words(output_tokens))
         return Completion(text, input_tokens, output_tokens, self._finish_reason(request, output_tokens), self.model.id)
 
     def stream(self, request: ChatRequest) -> Iterator[Chunk]:
@@ -100,9 +111,8 @@ class SimulatedBackend:
     def _chunks(self, request: ChatRequest, ttft: float, input_tokens: int, output_tokens: int) -> Iterator[Chunk]:
         self._wait(ttft)
         per_token = self.time_scale / self.sim.tokens_per_second
-        for index in range(output_tokens):
+        for index, word in enumerate(self._words(output_tokens)):
             if index:
                 self._wait(per_token)
-            word = self.rng.choice(_WORDS)
             yield Chunk(word if index == 0 else " " + word)
         yield Chunk("", self._finish_reason(request, output_tokens), input_tokens, output_tokens)
