@@ -47,7 +47,7 @@ rules: venv ## Regenerate prometheus/rules/*.yml from prometheus/config.yaml
 dashboards: venv ## Regenerate grafana/generated/*.json from the grafanalib sources
 	$(PY) grafana/dashboards/generate.py
 
-lint: venv tools ## Check configs and rules with the real tools: promtool, amtool, the router's validator
+lint: venv tools compose-config ## Check configs and rules with the real tools: promtool, amtool, compose, the router's validator
 	$(PY) prometheus/generate.py --check
 	$(PY) grafana/dashboards/generate.py --check
 	$(TOOLS)/promtool check config --lint=all --lint-fatal prometheus/prometheus.yml
@@ -60,34 +60,87 @@ lint: venv tools ## Check configs and rules with the real tools: promtool, amtoo
 test: venv tools ## Run the whole test suite (creates .venv, installs the tools it needs)
 	$(PY) -m pytest
 
+# Needs Docker: starts an engine where none answers (as root, no systemd needed), builds the
+# router image offline (a debootstrap base, host-built wheels), then runs tests/integration.
+.PHONY: test-integration
+test-integration: venv ## Run tests/integration against the router image in Docker (starts an engine, builds the image)
+	scripts/docker-engine.sh
+	PYTHON=$(PY) scripts/build-router-image.sh
+	LLM_ROUTER_INTEGRATION_REQUIRED=1 $(PY) -m pytest tests/integration
+
 constraints: ## Re-resolve service/constraints.txt from pyproject.toml
 	rm -rf /tmp/llm-router-constraints && $(PYTHON) -m venv /tmp/llm-router-constraints
 	/tmp/llm-router-constraints/bin/pip install --quiet -e 'service[test,load]'
 	{ sed -n '1,3p' service/constraints.txt; /tmp/llm-router-constraints/bin/pip freeze --exclude-editable; } > service/constraints.new
 	mv service/constraints.new service/constraints.txt
 
-clean: ## Remove the virtual environment, tools and reports
+clean: ## Stop the stack and delete its volumes; remove the virtual environment, tools and reports
+	@if [ -f .env ] && command -v docker >/dev/null; then $(COMPOSE) $(ALL_PROFILES) down -v --remove-orphans; fi
 	rm -rf $(VENV) .tools reports .pytest_cache
 
 # --- the stack (Docker) ---------------------------------------------------------------------
+# `make up PROFILES="load host"` adds Locust (load) and node-exporter + cAdvisor (host).
+PROFILES ?=
 COMPOSE := docker compose
+ALL_PROFILES := --profile load --profile host
+UP_PROFILES := $(foreach p,$(PROFILES),--profile $(p))
+# Secrets `make up` generates into .env when they are missing or empty.
+SECRETS := ROUTER_ADMIN_TOKEN GRAFANA_ADMIN_PASSWORD
 
-.PHONY: up down logs ps
+.PHONY: up down logs ps compose-config secrets
 
 .env:
 	cp .env.example .env
-	sed -i "s/^ROUTER_ADMIN_TOKEN=$$/ROUTER_ADMIN_TOKEN=$$($(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(24))')/" .env
-	@echo "created .env (secrets generated; edit it to change versions and ports)"
+	@echo "created .env from .env.example (edit it to change versions and ports)"
 
-up: .env ## Build and start the stack, wait until healthy, print the URLs
-	$(COMPOSE) up -d --build --wait
-	@. ./.env; echo; echo "  router      http://$${BIND_ADDRESS}:$${ROUTER_PORT}/v1  (metrics at /metrics)"
+secrets: .env
+	@for var in $(SECRETS); do \
+	  if ! grep -q "^$$var=." .env; then \
+	    value="$$($(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(24))')"; \
+	    if grep -q "^$$var=" .env; then sed -i.bak "s|^$$var=.*|$$var=$$value|" .env && rm -f .env.bak; \
+	    else echo "$$var=$$value" >> .env; fi; \
+	    echo "generated $$var in .env"; \
+	  fi; \
+	done
 
-down: ## Stop the stack (keeps volumes)
-	$(COMPOSE) down
+up: secrets ## Build and start the stack (PROFILES="load host" for more), wait until healthy, print the URLs
+	$(COMPOSE) $(UP_PROFILES) up -d --build --wait
+	@. ./.env; b="$${BIND_ADDRESS:-127.0.0.1}"; echo; \
+	echo "  router        http://$$b:$${ROUTER_PORT}/v1   (metrics: /metrics, health: /readyz)"; \
+	echo "  grafana       http://$$b:$${GRAFANA_PORT}   (anonymous viewer; admin password: GRAFANA_ADMIN_PASSWORD in .env)"; \
+	echo "  prometheus    http://$$b:$${PROMETHEUS_PORT}"; \
+	echo "  alertmanager  http://$$b:$${ALERTMANAGER_PORT}"; \
+	echo "  alert sink    http://$$b:$${ALERT_SINK_PORT}"; \
+	echo "  jaeger        http://$$b:$${JAEGER_UI_PORT}   (OTLP: grpc $$b:$${JAEGER_OTLP_GRPC_PORT}, http $$b:$${JAEGER_OTLP_HTTP_PORT})"; \
+	echo "  loki          http://$$b:$${LOKI_PORT}   (query it through Grafana's Explore)"; \
+	echo "  fluent-bit    http://$$b:$${FLUENT_BIT_HTTP_PORT}/api/v1/uptime   (forward input: 127.0.0.1:$${FLUENT_BIT_FORWARD_PORT})"
 
-logs: ## Follow the stack's logs
-	$(COMPOSE) logs -f --tail=100
+down: ## Stop the stack, every profile included (keeps volumes)
+	@if [ -f .env ]; then $(COMPOSE) $(ALL_PROFILES) down --remove-orphans; else echo "no .env: nothing was started with make up"; fi
 
-ps: ## Show the stack's services and health
-	$(COMPOSE) ps
+logs: .env ## Follow the stack's logs
+	$(COMPOSE) $(ALL_PROFILES) logs -f --tail=100
+
+ps: .env ## Show the stack's services and health
+	$(COMPOSE) $(ALL_PROFILES) ps
+
+# `docker compose config` for the base file and each profile, with the repo's compose v2
+# plugin (make tools). Uses .env, or a copy of .env.example (secrets filled with
+# placeholders) in a temporary folder when there is no .env.
+COMPOSE_CHECK_PROFILES := load host
+compose-config: tools ## Validate compose.yaml (base and every profile) with the real compose CLI
+	@set -euo pipefail; \
+	if command -v docker >/dev/null; then compose=(env DOCKER_CONFIG="$(CURDIR)/.tools/docker" docker compose); \
+	else compose=("$(CURDIR)/$(TOOLS)/docker-compose"); fi; \
+	env_file=.env; \
+	if [ ! -f .env ]; then \
+	  tmp="$$(mktemp -d)"; trap 'rm -rf "$$tmp"' EXIT; env_file="$$tmp/.env"; \
+	  sed -e 's/^ROUTER_ADMIN_TOKEN=$$/ROUTER_ADMIN_TOKEN=placeholder/' \
+	      -e 's/^GRAFANA_ADMIN_PASSWORD=$$/GRAFANA_ADMIN_PASSWORD=placeholder/' .env.example > "$$env_file"; \
+	fi; \
+	echo "compose config: base (env file: $$env_file)"; \
+	"$${compose[@]}" --env-file "$$env_file" config --quiet; \
+	for profile in $(COMPOSE_CHECK_PROFILES); do \
+	  echo "compose config: --profile $$profile"; \
+	  "$${compose[@]}" --env-file "$$env_file" --profile "$$profile" config --quiet; \
+	done
