@@ -20,14 +20,13 @@ from .router import RequestRecord, Router
 from .state import StateStore
 from .telemetry import logs
 from .telemetry import metrics as m
-from .telemetry.tracing import build_tracer_provider, tracer_for
+from .telemetry.tracing import UNTRACED_PATHS, ServerSpans, build_tracer_provider, tracer_for
 from .tenants import Budgets, TenantDirectory
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 # The `method` label takes these values; anything else a client sends counts as "other".
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-# Health and metrics requests make no spans (anchored: only these paths, any host).
-_UNTRACED = r"/healthz(\?|$),/readyz(\?|$),/metrics(\?|$)"
+
 _access_log = logging.getLogger(logs.ACCESS_LOGGER)
 
 
@@ -116,15 +115,8 @@ def create_app(
             {model.id: model.max_concurrency for model in config.models},
             "rejected" if config.budgets.on_exhausted == "reject" else "flagged",
         )
-    if tracer_provider is not None:
-        # Before our hooks, so the server span exists when a request's record is made.
-        from opentelemetry.instrumentation.flask import FlaskInstrumentor
-
-        FlaskInstrumentor().instrument_app(
-            app, tracer_provider=tracer_provider, excluded_urls=_UNTRACED, request_hook=_name_server_span
-        )
     register_error_handlers(app)
-    _register_request_hooks(app)
+    _register_request_hooks(app, ServerSpans(tracer) if tracer_provider is not None else None)
 
     from .admin import admin
     from .api import api
@@ -141,22 +133,19 @@ def create_app(
     return app
 
 
-def _name_server_span(span, environ) -> None:
-    """Server spans are named by URL rule; an unmatched path must not become a span name."""
-    if span.is_recording() and request.url_rule is None:
-        span.update_name(f"{_method()} unmatched")
-
-
 def _method() -> str:
     return request.method if request.method in _METHODS else "other"
 
 
-def _register_request_hooks(app: Flask) -> None:
+def _register_request_hooks(app: Flask, server_spans: ServerSpans | None) -> None:
     def before() -> None:
         incoming = request.headers.get("X-Request-ID", "")
         request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
         g.record = RequestRecord(started=time.perf_counter(), request_id=request_id)
         g.request_id_token = logs.request_id_var.set(request_id)
+        if server_spans is not None and request.path not in UNTRACED_PATHS:
+            route = request.url_rule.rule if request.url_rule is not None else "unmatched"
+            g.server_span = server_spans.start(_method(), route, request.path, request.headers, request.scheme)
         context = trace.get_current_span().get_span_context()
         if context.is_valid:
             g.record.trace_id = format(context.trace_id, "032x")
@@ -177,8 +166,15 @@ def _register_request_hooks(app: Flask) -> None:
             finish_request(record, response.status_code)
         return response
 
+    def teardown(error: BaseException | None) -> None:
+        # A request that failed before its response (or a stream never iterated).
+        span = g.pop("server_span", None)
+        if span is not None:
+            ServerSpans.finish(*span, 500)
+
     app.before_request(before)
     app.after_request(after)
+    app.teardown_request(teardown)
 
 
 def finish_request(record: RequestRecord, status: int) -> None:
@@ -208,6 +204,9 @@ def finish_request(record: RequestRecord, status: int) -> None:
                 **record.extra,
             )
         _access_log.info("request completed", extra=fields)
+    span = g.pop("server_span", None)
+    if span is not None:
+        ServerSpans.finish(*span, status)
     token = g.pop("request_id_token", None)
     if token is not None:
         logs.request_id_var.reset(token)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 
 from flask import Flask, jsonify
+from opentelemetry import trace
 from werkzeug.exceptions import HTTPException
 
 from .telemetry.logs import EVENT_LOGGER
@@ -78,4 +79,5 @@ def register_error_handlers(app: Flask) -> None:
     def _unexpected(error: Exception):
         # Logged with its traceback for operators; the client gets no internals.
         logging.getLogger(EVENT_LOGGER).exception("unhandled error", extra={"event": "unhandled_error"})
+        trace.get_current_span().record_exception(error)
         return APIError(500, "The router failed to handle the request.", type="server_error", code="internal_error").response()
