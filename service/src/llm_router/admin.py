@@ -63,7 +63,7 @@ def inject_fault():
     duration = _number(body, "duration_seconds", 300, 1, 86_400)
     state.router.faults.inject(model, fault, duration)
     if state.telemetry.metrics:
-        m.FAULTS_INJECTED.labels(model).inc()
+        m.child(m.FAULTS_INJECTED, model).inc()
     logs.event(
         "fault_injected", f"fault injected into {model}", logging.WARNING,
         model=model, error_rate=fault.error_rate, error_kind=fault.error_kind, latency_ms=fault.latency_ms,

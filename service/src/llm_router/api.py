@@ -146,7 +146,7 @@ def chat_completions():
             if cached is not None:
                 return _cached_response(state, record, cached)
         if state.telemetry.metrics:
-            m.CACHE_REQUESTS.labels(record.tenant, record.cache).inc()
+            m.child(m.CACHE_REQUESTS, record.tenant, record.cache).inc()
 
     plan = state.router.plan(requested, record.strategy)
     model, completion = state.router.execute(plan, backend_request, False, record)
@@ -196,9 +196,9 @@ def _cached_response(state: Services, record: RequestRecord, cached: tuple[dict,
     record.model = payload["model"]
     record.finish_reason = payload["choices"][0]["finish_reason"]
     if state.telemetry.metrics:
-        m.CACHE_REQUESTS.labels(record.tenant, "hit").inc()
+        m.child(m.CACHE_REQUESTS, record.tenant, "hit").inc()
         if saved_usd:
-            m.CACHE_SAVED.labels(record.tenant).inc(saved_usd)
+            m.child(m.CACHE_SAVED, record.tenant).inc(saved_usd)
     record.extra["cache_saved_usd"] = round(saved_usd, 8)
     fresh = {**payload, "id": f"chatcmpl-{record.request_id}", "created": int(time.time())}
     return _with_router_headers(jsonify(fresh), record)
@@ -222,12 +222,12 @@ def _event(data: dict) -> str:
 
 def _stream(state: Services, record: RequestRecord, chat: ChatCompletionRequest, backend_request: ChatRequest):
     if state.telemetry.metrics and state.router.cache is not None:
-        m.CACHE_REQUESTS.labels(record.tenant, "bypass").inc()
+        m.child(m.CACHE_REQUESTS, record.tenant, "bypass").inc()
     plan = state.router.plan(chat.model, record.strategy)
     model, first, rest = state.router.execute(plan, backend_request, True, record)
     first_token_at = time.perf_counter()
     if state.telemetry.metrics:
-        m.TTFT.labels(model.id).observe(first_token_at - record.started)
+        m.child(m.TTFT, model.id).observe(first_token_at - record.started)
     include_usage = bool(chat.stream_options and chat.stream_options.include_usage)
     g.streaming = True
     response = Response(

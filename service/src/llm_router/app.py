@@ -184,8 +184,8 @@ def finish_request(record: RequestRecord, status: int) -> None:
     route = request.url_rule.rule if request.url_rule is not None else "unmatched"
     if state.telemetry.metrics:
         m.HTTP_IN_FLIGHT.dec()
-        m.HTTP_REQUESTS.labels(route, _method(), str(status)).inc()
-        m.HTTP_DURATION.labels(route, _method()).observe(seconds, _trace_exemplar(record))
+        m.child(m.HTTP_REQUESTS, route, _method(), str(status)).inc()
+        m.child(m.HTTP_DURATION, route, _method()).observe(seconds, _trace_exemplar(record))
     if record.chat:
         _finish_chat(state, record, seconds)
     if state.telemetry.logs:
@@ -223,16 +223,16 @@ def _finish_chat(state: Services, record: RequestRecord, seconds: float) -> None
         state.budgets.charge(record.tenant, record.cost_usd)
     if not state.telemetry.metrics:
         return
-    m.CHAT_REQUESTS.labels(record.tenant, record.model, record.strategy, str(record.code)).inc()
+    m.child(m.CHAT_REQUESTS, record.tenant, record.model, record.strategy, str(record.code)).inc()
     if record.code == 200:
         # Latency of answered requests only: fast rejections would flatter the latency SLO
         # (errors have their own SLO, on the counter above).
-        m.CHAT_DURATION.labels(record.model, "true" if record.stream else "false").observe(
+        m.child(m.CHAT_DURATION, record.model, "true" if record.stream else "false").observe(
             seconds, _trace_exemplar(record)
         )
         m.OVERHEAD.observe(max(0.0, seconds - record.backend_seconds))
     if record.input_tokens or record.output_tokens:
-        m.TOKENS.labels(record.tenant, record.model, "input").inc(record.input_tokens)
-        m.TOKENS.labels(record.tenant, record.model, "output").inc(record.output_tokens)
+        m.child(m.TOKENS, record.tenant, record.model, "input").inc(record.input_tokens)
+        m.child(m.TOKENS, record.tenant, record.model, "output").inc(record.output_tokens)
     if record.cost_usd:
-        m.COST.labels(record.tenant, record.model).inc(record.cost_usd)
+        m.child(m.COST, record.tenant, record.model).inc(record.cost_usd)

@@ -93,8 +93,8 @@ class Router:
 
     def _breaker_changed(self, model: str, old: str, new: str) -> None:
         if self.metrics_on:
-            m.CIRCUIT_STATE.labels(model).set(STATE_VALUES[new])
-            m.CIRCUIT_TRANSITIONS.labels(model, new).inc()
+            m.child(m.CIRCUIT_STATE, model).set(STATE_VALUES[new])
+            m.child(m.CIRCUIT_TRANSITIONS, model, new).inc()
         level = logging.WARNING if new == "open" else logging.INFO
         logs.event("circuit_state_changed", f"circuit for {model} is now {new}", level, model=model, from_state=old, to_state=new)
 
@@ -142,9 +142,9 @@ class Router:
     def _attempt_failed(self, slot: BackendSlot, span: trace.Span, error: BackendError, started: float) -> None:
         seconds = time.perf_counter() - started
         if self.metrics_on:
-            m.BACKEND_REQUESTS.labels(slot.model.id, slot.model.gen_ai_provider, error.kind).inc()
-            m.BACKEND_DURATION.labels(slot.model.id, slot.model.gen_ai_provider).observe(seconds, exemplar_for(span))
-            m.BACKEND_IN_FLIGHT.labels(slot.model.id).dec()
+            m.child(m.BACKEND_REQUESTS, slot.model.id, slot.model.gen_ai_provider, error.kind).inc()
+            m.child(m.BACKEND_DURATION, slot.model.id, slot.model.gen_ai_provider).observe(seconds, exemplar_for(span))
+            m.child(m.BACKEND_IN_FLIGHT, slot.model.id).dec()
         if error.kind != "client_error":
             slot.breaker.record_failure()
         else:
@@ -159,9 +159,9 @@ class Router:
     ) -> float:
         seconds = time.perf_counter() - started
         if self.metrics_on:
-            m.BACKEND_REQUESTS.labels(slot.model.id, slot.model.gen_ai_provider, "success").inc()
-            m.BACKEND_DURATION.labels(slot.model.id, slot.model.gen_ai_provider).observe(seconds, exemplar_for(span))
-            m.BACKEND_IN_FLIGHT.labels(slot.model.id).dec()
+            m.child(m.BACKEND_REQUESTS, slot.model.id, slot.model.gen_ai_provider, "success").inc()
+            m.child(m.BACKEND_DURATION, slot.model.id, slot.model.gen_ai_provider).observe(seconds, exemplar_for(span))
+            m.child(m.BACKEND_IN_FLIGHT, slot.model.id).dec()
         slot.breaker.record_success()
         self.latency.observe(slot.model.id, seconds)
         span.set_attribute("gen_ai.response.model", response_model)
@@ -176,7 +176,7 @@ class Router:
         span, request = self._start_span(slot, request, stream)
         record.attempts += 1
         if self.metrics_on:
-            m.BACKEND_IN_FLIGHT.labels(slot.model.id).inc()
+            m.child(m.BACKEND_IN_FLIGHT, slot.model.id).inc()
         started = time.perf_counter()
         try:
             with trace.use_span(span, end_on_exit=False):
@@ -225,8 +225,8 @@ class Router:
             elif record.error_type is None:
                 # The client went away mid-stream: not the backend's fault.
                 if self.metrics_on:
-                    m.BACKEND_REQUESTS.labels(slot.model.id, slot.model.gen_ai_provider, "cancelled").inc()
-                    m.BACKEND_IN_FLIGHT.labels(slot.model.id).dec()
+                    m.child(m.BACKEND_REQUESTS, slot.model.id, slot.model.gen_ai_provider, "cancelled").inc()
+                    m.child(m.BACKEND_IN_FLIGHT, slot.model.id).dec()
                 slot.breaker.release()
                 span.set_attribute("error.type", "cancelled")
                 span.end()
@@ -269,7 +269,7 @@ class Router:
                 for attempt in range(routing.retries + 1):
                     if attempt:
                         if self.metrics_on:
-                            m.RETRIES.labels(slot.model.id).inc()
+                            m.child(m.RETRIES, slot.model.id).inc()
                         time.sleep(backoff_delay(attempt - 1, routing.retry_backoff_seconds, self.rng.random()))
                         if not slot.breaker.allow():
                             break
@@ -294,21 +294,21 @@ class Router:
     def _decided(self, record: RequestRecord, candidate: Candidate) -> None:
         record.model = candidate.model.id
         if self.metrics_on:
-            m.ROUTING_DECISIONS.labels(record.strategy, candidate.model.id, candidate.reason).inc()
+            m.child(m.ROUTING_DECISIONS, record.strategy, candidate.model.id, candidate.reason).inc()
         trace.get_current_span().set_attribute("llm_router.model", candidate.model.id)
 
     def _queue_gauge(self, slot: BackendSlot):
         if not self.metrics_on:
             return None
-        return m.BACKEND_QUEUE.labels(slot.model.id).inc
+        return m.child(m.BACKEND_QUEUE, slot.model.id).inc
 
     def _rejected(self, slot: BackendSlot, reason: str) -> None:
         if self.metrics_on:
-            m.BACKEND_REJECTIONS.labels(slot.model.id, reason).inc()
+            m.child(m.BACKEND_REJECTIONS, slot.model.id, reason).inc()
 
     def _fell_back(self, source: ModelConfig, target: ModelConfig, error: BackendError | None) -> None:
         if self.metrics_on:
-            m.FALLBACKS.labels(source.id, target.id).inc()
+            m.child(m.FALLBACKS, source.id, target.id).inc()
         logs.event(
             "fallback", f"falling back from {source.id} to {target.id}", logging.WARNING,
             from_model=source.id, to_model=target.id, error_type=error.kind if error else "unavailable",

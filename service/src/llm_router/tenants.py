@@ -82,7 +82,7 @@ class Budgets:
         self._known: dict[str, tuple[float, float]] = {}  # tenant -> (spend, read at)
         if metrics_on:
             for tenant in self.limits:
-                m.TENANT_SPEND.labels(tenant).set(store.spend(tenant))
+                m.child(m.TENANT_SPEND, tenant).set(store.spend(tenant))
 
     def check(self, tenant: str) -> bool:
         """True when the tenant is over budget and the request may still go ahead
@@ -93,12 +93,12 @@ class Budgets:
         spend = self._spend(tenant)
         if self.metrics_on:
             # Kept current on every request, so a new month shows at once (not at the next charge).
-            m.TENANT_SPEND.labels(tenant).set(spend)
+            m.child(m.TENANT_SPEND, tenant).set(spend)
         if spend < limit:
             return False
         action = "rejected" if self.action == "reject" else "flagged"
         if self.metrics_on:
-            m.BUDGET_EXCEEDED.labels(tenant, action).inc()
+            m.child(m.BUDGET_EXCEEDED, tenant, action).inc()
         if self.action == "reject":
             raise APIError(
                 402, f"Tenant {tenant!r} has used its monthly budget of ${limit:.2f}.",
@@ -124,7 +124,7 @@ class Budgets:
         with self._lock:
             self._known[tenant] = (after, time.monotonic())
         if self.metrics_on:
-            m.TENANT_SPEND.labels(tenant).set(after)
+            m.child(m.TENANT_SPEND, tenant).set(after)
         for threshold in self.thresholds:
             if before < threshold * limit <= after:
                 logs.event(

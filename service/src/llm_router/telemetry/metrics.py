@@ -8,6 +8,7 @@ outcomes, reasons and strategies come from fixed sets in the code.
 
 from __future__ import annotations
 
+import functools
 import os
 import platform
 
@@ -135,6 +136,13 @@ BUILD_INFO = Gauge(
     "llm_router_build_info", "Always 1; labels carry the router's version and Python version.",
     ["version", "python_version"], multiprocess_mode="max",
 )
+
+
+@functools.cache
+def child(metric, *label_values: str):
+    """`metric.labels(*label_values)`, remembered: the label sets are bounded by design, and
+    prometheus_client's own lookup (validation, a lock) was a visible share of a request."""
+    return metric.labels(*label_values)
 
 
 def multiprocess_enabled() -> bool:
