@@ -144,3 +144,22 @@ compose-config: tools ## Validate compose.yaml (base and every profile) with the
 	  echo "compose config: --profile $$profile"; \
 	  "$${compose[@]}" --env-file "$$env_file" --profile "$$profile" config --quiet; \
 	done
+
+# --- performance (bench/) -------------------------------------------------------------------
+.PHONY: bench bench-quick
+
+# wrk is a Debian package: installed with apt-get when missing (as root, or with sudo).
+define BENCH_DEPS
+	@command -v wrk >/dev/null || { echo "installing wrk (apt-get)"; \
+	  if [ "$$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq wrk; \
+	  else sudo apt-get update -qq && sudo apt-get install -y -qq wrk; fi; }
+	$(PIP) install --quiet -c service/constraints.txt -e 'service[bench]'
+endef
+
+bench: venv ## Performance suite (~10 min): writes docs/performance.md and docs/img/*.png
+	$(BENCH_DEPS)
+	$(PY) -m bench
+
+bench-quick: venv ## The benchmark's short mode (checks it runs), into a temporary directory
+	$(BENCH_DEPS)
+	@out="$$(mktemp -d)"; $(PY) -m bench --quick --out "$$out" && echo "report: $$out/performance.md"
