@@ -24,10 +24,10 @@ help: ## List the targets
 $(STAMP): service/pyproject.toml service/constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip==25.3
-	$(PIP) install --quiet -c service/constraints.txt -e 'service[test,load]'
+	$(PIP) install --quiet -c service/constraints.txt -e 'service[test,load,bench]'
 	touch $(STAMP)
 
-venv: $(STAMP) ## Create .venv with the router, its test and load dependencies
+venv: $(STAMP) ## Create .venv with the router, its test, load and benchmark dependencies
 
 tools: ## Install the real Prometheus, promtool, Alertmanager, amtool and compose into .tools/
 	@bash scripts/install-tools.sh
@@ -70,7 +70,7 @@ test-integration: venv ## Run tests/integration against the router image in Dock
 
 constraints: ## Re-resolve service/constraints.txt from pyproject.toml
 	rm -rf /tmp/llm-router-constraints && $(PYTHON) -m venv /tmp/llm-router-constraints
-	/tmp/llm-router-constraints/bin/pip install --quiet -e 'service[test,load]'
+	/tmp/llm-router-constraints/bin/pip install --quiet -e 'service[test,load,bench]'
 	{ sed -n '1,3p' service/constraints.txt; /tmp/llm-router-constraints/bin/pip freeze --exclude-editable; } > service/constraints.new
 	mv service/constraints.new service/constraints.txt
 

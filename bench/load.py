@@ -1,0 +1,229 @@
+"""Load: wrk (closed loop, throughput), a Python open-loop client (latency), /metrics scrapes."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import math
+import shutil
+import statistics
+import subprocess
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+LUA = Path(__file__).resolve().parent / "chat.lua"
+CHAT_PATH = "/v1/chat/completions"
+
+
+def wrk_path() -> str:
+    path = shutil.which("wrk")
+    if path is None:
+        raise SystemExit("wrk is not installed: `apt-get install wrk` (make bench does this when it can)")
+    return path
+
+
+def wrk_version() -> str:
+    out = subprocess.run([wrk_path(), "--version"], capture_output=True, text=True)
+    return (out.stdout + out.stderr).split("Copyright")[0].strip()
+
+
+def run_wrk(url: str, seconds: float, threads: int = 2, connections: int = 8) -> dict:
+    """One wrk run against the chat endpoint; returns the summary the Lua script prints."""
+    duration = max(1, round(seconds))
+    command = [wrk_path(), f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--timeout", "10s",
+               "-s", str(LUA), f"{url}{CHAT_PATH}"]
+    out = subprocess.run(command, capture_output=True, text=True, timeout=duration + 60)
+    for line in out.stdout.splitlines():
+        if line.startswith("BENCH_JSON "):
+            result = json.loads(line[len("BENCH_JSON "):])
+            result["rps"] = result["requests"] / (result["duration_us"] / 1e6)
+            result["failed"] = result["status"] + result["connect"] + result["read"] + result["write"] + result["timeout"]
+            result["command"] = " ".join(command)
+            return result
+    raise RuntimeError(f"wrk printed no summary:\n{out.stdout}\n{out.stderr}")
+
+
+class _Client:
+    """A keep-alive HTTP/1.1 connection per thread (http.client: little client-side overhead)."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.local = threading.local()
+
+    def request(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None,
+                timeout: float = 10) -> tuple[int, bytes]:
+        for attempt in (1, 2):
+            conn = getattr(self.local, "conn", None)
+            if conn is None:
+                conn = self.local.conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+            try:
+                conn.request(method, path, body=body, headers=headers or {})
+                response = conn.getresponse()
+                data = response.read()
+                if response.getheader("Connection", "").lower() == "close":
+                    conn.close()
+                    self.local.conn = None
+                return response.status, data
+            except (http.client.HTTPException, OSError):
+                conn.close()
+                self.local.conn = None
+                if attempt == 2:
+                    return 0, b""
+        return 0, b""
+
+
+def chat_body(model: str = "auto") -> bytes:
+    return json.dumps({"model": model, "messages": [{"role": "user", "content": "Summarise the benchmark."}]}).encode()
+
+
+def chat_headers(tenant: str = "search") -> dict:
+    return {"Content-Type": "application/json", "X-Tenant-ID": tenant, "Cache-Control": "no-cache"}
+
+
+def open_loop(port: int, rate: float, count: int, concurrency: int = 32) -> dict:
+    """Send `count` requests at a fixed `rate`, each scheduled on the clock whatever the
+    responses do; latency counts from the scheduled time (no coordinated omission)."""
+    client = _Client(port)
+    body, headers = chat_body(), chat_headers()
+    latencies: list[float] = []
+    codes: dict[int, int] = {}
+    lock = threading.Lock()
+
+    def send(scheduled: float) -> None:
+        status, _ = client.request("POST", CHAT_PATH, body, headers)
+        elapsed = time.perf_counter() - scheduled
+        with lock:
+            latencies.append(elapsed)
+            codes[status] = codes.get(status, 0) + 1
+
+    start = time.perf_counter() + 0.05
+    late = 0
+    with ThreadPoolExecutor(concurrency) as pool:
+        for i in range(count):
+            scheduled = start + i / rate
+            delay = scheduled - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            elif delay < -0.01:
+                late += 1
+            pool.submit(send, scheduled)
+    elapsed = time.perf_counter() - start
+    return {
+        "rate": rate, "count": count, "achieved_rate": count / elapsed, "codes": codes,
+        "failed": sum(n for code, n in codes.items() if code != 200), "late_dispatch": late,
+        "p50": percentile(latencies, 50), "p99": percentile(latencies, 99), "max": max(latencies),
+    }
+
+
+def closed_loop_latency(port: int, count: int) -> list[float]:
+    """Sequential requests (one at a time): per-request latency in seconds."""
+    client = _Client(port)
+    body, headers = chat_body(), chat_headers()
+    out = []
+    for _ in range(count):
+        started = time.perf_counter()
+        client.request("POST", CHAT_PATH, body, headers)
+        out.append(time.perf_counter() - started)
+    return out
+
+
+def drive_label_sets(port: int, tenants: list[str], models: list[str], per_combo: int, concurrency: int = 8) -> dict:
+    """Traffic over every tenant x model combination (bounded: per_combo requests each)."""
+    client = _Client(port)
+    jobs = [(t, m) for t in tenants for m in models for _ in range(per_combo)]
+
+    def send(job) -> int:
+        tenant, model = job
+        return client.request("POST", CHAT_PATH, chat_body(model), chat_headers(tenant))[0]
+
+    with ThreadPoolExecutor(concurrency) as pool:
+        codes = list(pool.map(send, jobs))
+    return {"requests": len(jobs), "failed": sum(code != 200 for code in codes)}
+
+
+def scrape(port: int) -> tuple[float, bytes]:
+    client = _Client(port)
+    started = time.perf_counter()
+    status, data = client.request("GET", "/metrics", timeout=30)
+    elapsed = time.perf_counter() - started
+    if status != 200:
+        raise RuntimeError(f"/metrics answered {status}")
+    return elapsed, data
+
+
+def time_scrapes(port: int, count: int) -> dict:
+    times, body = [], b""
+    for _ in range(count):
+        elapsed, body = scrape(port)
+        times.append(elapsed)
+    samples = sum(1 for line in body.decode().splitlines() if line and not line.startswith("#"))
+    return {"p50": statistics.median(times), "min": min(times), "max": max(times), "samples": samples,
+            "bytes": len(body), "count": count}
+
+
+def scrape_blocking(port: int, count: int) -> dict:
+    """Request latency without, then with, a /metrics scrape running in a loop meanwhile."""
+    quiet = closed_loop_latency(port, count)
+    stop = threading.Event()
+    scrapes = [0]
+
+    def loop() -> None:
+        while not stop.is_set():
+            scrape(port)
+            scrapes[0] += 1
+
+    thread = threading.Thread(target=loop, daemon=True)
+    thread.start()
+    try:
+        busy = closed_loop_latency(port, count)
+    finally:
+        stop.set()
+        thread.join(30)
+    return {
+        "count": count, "scrapes": scrapes[0],
+        "quiet_p50": percentile(quiet, 50), "quiet_p99": percentile(quiet, 99),
+        "busy_p50": percentile(busy, 50), "busy_p99": percentile(busy, 99),
+    }
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile."""
+    ordered = sorted(values)
+    if not ordered:
+        return math.nan
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def histogram_buckets(text: str, name: str) -> dict[float, float]:
+    """Cumulative bucket counts {le: count} of a label-less histogram in a text exposition."""
+    buckets: dict[float, float] = {}
+    prefix = f"{name}_bucket{{"
+    for line in text.splitlines():
+        if not line.startswith(prefix):
+            continue
+        labels, value = line[len(prefix):].split("}", 1)
+        le = next(part.split("=", 1)[1].strip('"') for part in labels.split(",") if part.startswith("le="))
+        buckets[float(le)] = buckets.get(float(le), 0.0) + float(value.split()[0])
+    return buckets
+
+
+def histogram_quantile(q: float, before: dict[float, float], after: dict[float, float]) -> float:
+    """Prometheus histogram_quantile over the bucket deltas (linear inside a bucket)."""
+    bounds = sorted(after)
+    counts = [after[b] - before.get(b, 0.0) for b in bounds]
+    if not counts or counts[-1] <= 0:
+        return math.nan
+    rank = q * counts[-1]
+    lower, previous = 0.0, 0.0
+    for bound, count in zip(bounds, counts):
+        if count >= rank:
+            if math.isinf(bound):
+                return lower  # in the +Inf bucket: the highest finite bound, as Prometheus does
+            if count == previous:
+                return bound
+            return lower + (bound - lower) * (rank - previous) / (count - previous)
+        lower, previous = bound, count
+    return bounds[-2] if len(bounds) > 1 else math.nan

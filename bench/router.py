@@ -1,0 +1,175 @@
+"""Start the real router (`llm-router serve`, i.e. gunicorn) on 127.0.0.1 and stop it."""
+
+from __future__ import annotations
+
+import copy
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED_CONFIG = REPO / "service" / "config" / "router.yaml"
+
+# Variables of the caller's environment that would change what is measured.
+_SCRUBBED = ("PROMETHEUS_MULTIPROC_DIR", "OTEL_SDK_DISABLED", "OTEL_TRACES_SAMPLER", "OTEL_TRACES_SAMPLER_ARG",
+             "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_TRACES_EXPORTER",
+             "LLM_ROUTER_METRICS", "LLM_ROUTER_LOGS", "LLM_ROUTER_TRACES", "LLM_ROUTER_LOG_CONTENT")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def quiet_config() -> dict:
+    """The shipped config, read at run time, with no simulated delay and no simulated errors."""
+    data = yaml.safe_load(SHIPPED_CONFIG.read_text())
+    data["simulation_time_scale"] = 0
+    for model in data["models"]:
+        model.setdefault("simulation", {})["error_rate"] = 0.0
+    return data
+
+
+def label_set_config(tenants: int, models: int = 10) -> dict:
+    """`tenants` tenants x `models` simulated models (no fallbacks, no errors, no delay)."""
+    data = quiet_config()
+    template = next(m for m in data["models"] if m["id"] == "sim-mini")
+    data["models"] = []
+    for i in range(models):
+        model = copy.deepcopy(template)
+        model["id"] = f"bench-model-{i:02d}"
+        model.pop("fallbacks", None)
+        model["max_concurrency"] = 64
+        data["models"].append(model)
+    data["tenants"] = [
+        {"id": f"tenant-{i:03d}", "monthly_budget_usd": 1000, "api_keys": [f"sk-bench-{i:03d}"]} for i in range(tenants)
+    ]
+    return data
+
+
+class Router:
+    """One gunicorn router: `workers` workers x `threads` threads, stdout+stderr to a file."""
+
+    def __init__(self, workdir: Path, name: str, config: dict, env: dict[str, str], workers: int = 2,
+                 threads: int = 4) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.name = name
+        self.workers = workers
+        base = workdir / f"{name}-{self.port}"
+        base.mkdir(parents=True, exist_ok=True)
+        self.dir = base
+        (base / "router.yaml").write_text(yaml.safe_dump(config))
+        self.log_path = base / "router.log"
+        self.env = {k: v for k, v in os.environ.items() if k not in _SCRUBBED}
+        self.env.update({
+            "LLM_ROUTER_CONFIG": str(base / "router.yaml"),
+            "LLM_ROUTER_BIND": f"127.0.0.1:{self.port}",
+            "LLM_ROUTER_WORKERS": str(workers),
+            "LLM_ROUTER_THREADS": str(threads),
+            "LLM_ROUTER_STATE_DIR": str(base / "state"),
+            "LLM_ROUTER_SIM_TIME_SCALE": "0",
+        })
+        if workers > 1:
+            self.env["PROMETHEUS_MULTIPROC_DIR"] = str(base / "metrics")
+        self.env.update(env)
+        self.process: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 60) -> "Router":
+        try:
+            return self._start(timeout)
+        except BaseException:
+            self.stop()  # never leave a half-started router behind
+            raise
+
+    def _start(self, timeout: float) -> "Router":
+        self._log = self.log_path.open("wb")
+        self.process = subprocess.Popen([sys.executable, "-m", "llm_router.cli", "serve"], env=self.env,
+                                        stdout=self._log, stderr=subprocess.STDOUT, cwd=self.dir)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"router {self.name} exited early:\n{self.tail()}")
+            try:
+                # Only once our gunicorn has bound the port: on a shared machine another
+                # process may hold it, and its /readyz must not pass for ours.
+                if f"Listening at: {self.url}" in self.tail(200_000):
+                    with urllib.request.urlopen(f"{self.url}/readyz", timeout=2) as response:
+                        if response.status == 200 and len(self.worker_pids()) >= self.workers:
+                            return self
+            except OSError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"router {self.name} not ready in {timeout}s:\n{self.tail()}")
+
+    def tail(self, chars: int = 3000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-chars:]
+        except OSError:
+            return ""
+
+    def worker_pids(self) -> list[int]:
+        if self.process is None:
+            return []
+        pids = []
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            # pid (comm) state ppid ...: comm may hold spaces, so split after the last ')'.
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            if ppid == self.process.pid:
+                pids.append(int(entry))
+        return sorted(pids)
+
+    def worker_rss_mib(self) -> list[float]:
+        """VmRSS of each gunicorn worker (the master's children), in MiB."""
+        values = []
+        for pid in self.worker_pids():
+            try:
+                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+                    if line.startswith("VmRSS:"):
+                        values.append(int(line.split()[1]) / 1024)
+            except OSError:
+                pass
+        return values
+
+    def stop(self, timeout: float = 60) -> float:
+        """SIGTERM the master and wait: returns the seconds from signal to exit."""
+        if self.process is None or self.process.poll() is not None:
+            if self.process is not None:
+                self._log.close()
+            return 0.0
+        started = time.monotonic()
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        finally:
+            self._log.close()
+        return time.monotonic() - started
+
+
+def start_router(workdir: Path, name: str, config: dict, env: dict[str, str], workers: int = 2,
+                 threads: int = 4, attempts: int = 3) -> Router:
+    """Start a router; on a port lost to another process meanwhile, try again on a new one."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return Router(workdir, name, config, env, workers, threads).start()
+        except RuntimeError:
+            if attempt == attempts:
+                raise
+    raise AssertionError("unreachable")

@@ -1,0 +1,44 @@
+"""`make bench-quick`: the performance harness still runs end to end (its figures are never
+asserted — they belong to the machine, not to the code)."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+pytestmark = pytest.mark.live
+
+CONFIGS = ["off", "metrics", "metrics+logs", "full", "full-sampled-10%", "full-collector-down"]
+SECTIONS = [
+    "# Performance", "## How to reproduce", "## Machine", "## Throughput by telemetry level",
+    "## Router overhead (open loop)", "## /metrics scrape time against label sets and workers",
+    "### Does a scrape block request serving?", "## Memory (RSS per worker)", "## Observations from this run",
+]
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk (Debian package) is not installed: make bench-quick installs it")
+def test_quick_bench_writes_report_and_plots(tmp_path):
+    pytest.importorskip("matplotlib", reason="the bench extra (matplotlib) is not installed")
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, "-m", "bench", "--quick", "--out", str(out)], cwd=REPO,
+                          capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = (out / "performance.md").read_text()
+    for section in SECTIONS:
+        assert section in report, section
+    for config in CONFIGS:
+        assert f"| `{config}` |" in report, config
+        assert f"| throughput `{config}` |" in report, config
+    assert "img/throughput.png" in report and "img/scrape.png" in report
+    assert "llm_router_overhead_seconds" in report
+    for workers in (1, 2):
+        assert f"scrape series, {workers} worker(s)" in report
+    for plot in ("throughput.png", "scrape.png"):
+        assert (out / "img" / plot).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", plot
+    # The report says it comes from the quick mode (its figures mean little).
+    assert "Quick mode" in report
