@@ -57,11 +57,13 @@ versions_ok() {
   check promtool     "$PROMETHEUS_VERSION_PREFIX"   "$BIN_DIR/promtool" --version
   check prometheus   "$PROMETHEUS_VERSION_PREFIX"   "$BIN_DIR/prometheus" --version
   check amtool       "$ALERTMANAGER_VERSION_PREFIX" "$BIN_DIR/amtool" --version
-  if [[ ! -f "$AM_SHARE/default.tmpl" ]]; then
+  if [[ -f "$TOOLS_DIR/.from-images" ]]; then
+    :  # wrappers around the pinned images: no Debian template path, no compose plugin here
+  elif [[ ! -f "$AM_SHARE/default.tmpl" ]]; then
     [[ -n "$quiet" ]] || log "missing: $AM_SHARE/default.tmpl"; ok=1
   fi
   check alertmanager "$ALERTMANAGER_VERSION_PREFIX" "$BIN_DIR/alertmanager" --version
-  check docker-compose "$COMPOSE_VERSION_PREFIX"    "$PLUGIN_DIR/docker-compose" version
+  [[ -f "$TOOLS_DIR/.from-images" ]] || check docker-compose "$COMPOSE_VERSION_PREFIX" "$PLUGIN_DIR/docker-compose" version
   return "$ok"
 }
 
@@ -81,7 +83,14 @@ if [[ -z "${TOOLS_FORCE:-}" ]] && versions_ok quiet; then
   exit 0
 fi
 
-command -v apt-get >/dev/null || die "apt-get not found (a Debian-based machine is required)"
+# ---- no Debian packages here, but Docker: the same tools from the pinned images -------------
+if [[ -n "${TOOLS_FROM_IMAGES:-}" ]] || ! command -v apt-get >/dev/null; then
+  log "apt-get unavailable (or TOOLS_FROM_IMAGES set): using the pinned images"
+  exec "$REPO_ROOT/scripts/tools-from-images.sh"
+fi
+rm -f "$TOOLS_DIR/.from-images"
+
+command -v dpkg-deb >/dev/null || die "dpkg-deb not found"
 command -v dpkg-deb >/dev/null || die "dpkg-deb not found"
 
 # ---- find the machine's Debian mirror ---------------------------------------------
