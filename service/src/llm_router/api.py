@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from collections.abc import Iterator
@@ -23,7 +24,9 @@ from .telemetry import metrics as m
 api = Blueprint("api", __name__)
 
 
+@functools.cache
 def _openapi_document() -> dict:
+    """The packaged document, parsed once per process (it cannot change while running)."""
     text = resources.files("llm_router").joinpath("openapi.yaml").read_text(encoding="utf-8")
     return yaml.safe_load(text)
 
