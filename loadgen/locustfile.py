@@ -7,7 +7,11 @@ X-Tenant-ID, a tenant's demo API key (Authorization: Bearer ...), or anonymous. 
 requests mix models ("auto" and explicit ids), routing strategies (X-Route-Strategy),
 streaming (SSE read to `data: [DONE]`, time to first token reported as "ttft"),
 popular prompts repeated so the response cache hits, and a few deliberately bad
-requests that must get the right 4xx.
+requests that must get the right 4xx. Users also rate answers they got (POST
+/v1/feedback): the task picks one of the user's recent successful non-streamed answers,
+never the same one twice, and sends thumbs up/down or a score, sometimes with a reason.
+Negative ratings are drawn for LOADGEN_NEGATIVE_SHARE of the ratings (the rest positive);
+with no answer to rate yet, the task sends nothing.
 
 Environment variables (defaults match service/config/router.yaml):
   LOADGEN_TENANTS         tenants sent as X-Tenant-ID   search,support,research,internal-tools
@@ -15,7 +19,9 @@ Environment variables (defaults match service/config/router.yaml):
   LOADGEN_ANONYMOUS_SHARE share of users with neither   0.1
   LOADGEN_MODELS          models asked for              auto,sim-frontier,sim-balanced,sim-fast,sim-mini,sim-coder
   LOADGEN_STRATEGIES      X-Route-Strategy values       balanced,cost,latency,quality (none sent 1 time in 5)
-  LOADGEN_WEIGHTS         task weights                  chat=52,repeat=20,stream=25,bad=3
+  LOADGEN_WEIGHTS         task weights                  chat=52,repeat=20,stream=25,bad=3,feedback=8
+                          (only the tasks named change: "bad=10" keeps the other defaults)
+  LOADGEN_NEGATIVE_SHARE  share of negative feedback    0.2
   LOADGEN_WAIT            think time, min,max seconds   0.5,2
 """
 
@@ -25,6 +31,7 @@ import json
 import os
 import random
 import time
+from collections import deque
 
 from locust import between, task
 from locust.contrib.fasthttp import FastHttpUser
@@ -39,11 +46,17 @@ API_KEYS = _list("LOADGEN_API_KEYS", "sk-demo-search,sk-demo-support,sk-demo-res
 ANONYMOUS_SHARE = float(os.environ.get("LOADGEN_ANONYMOUS_SHARE", "0.1"))
 MODELS = _list("LOADGEN_MODELS", "auto,sim-frontier,sim-balanced,sim-fast,sim-mini,sim-coder")
 STRATEGIES = _list("LOADGEN_STRATEGIES", "balanced,cost,latency,quality")
-WEIGHTS = {"chat": 52, "repeat": 20, "stream": 25, "bad": 3}
+WEIGHTS = {"chat": 52, "repeat": 20, "stream": 25, "bad": 3, "feedback": 8}
 WEIGHTS.update({k.strip(): int(v) for k, v in (p.split("=") for p in _list("LOADGEN_WEIGHTS", ""))})
 WAIT_MIN, WAIT_MAX = (float(x) for x in _list("LOADGEN_WAIT", "0.5,2"))
+NEGATIVE_SHARE = float(os.environ.get("LOADGEN_NEGATIVE_SHARE", "0.2"))
 
 CHAT = "/v1/chat/completions"
+FEEDBACK = "/v1/feedback"
+# The reasons a user gives for a poor answer (the router's fixed set, "other" aside).
+COMPLAINTS = ["inaccurate", "unhelpful", "off_topic", "too_slow", "formatting", "other"]
+# How many of its latest answers a user remembers to rate.
+REMEMBERED = 20
 TOPICS = ["a refund policy", "Kubernetes liveness probes", "a SQL index", "the French revolution",
           "a haiku about latency", "unit tests for a parser", "GDPR data retention", "a sourdough starter"]
 ASKS = ["Explain {} in two sentences.", "Write a short summary of {}.", "Give three bullet points on {}.",
@@ -80,6 +93,9 @@ class RouterUser(FastHttpUser):
     network_timeout = 120.0
 
     def on_start(self) -> None:
+        # Ids of this user's recent answers (non-streamed: their ids are known to the router
+        # when the response arrives); each is rated at most once, so no 409.
+        self.answered: deque[str] = deque(maxlen=REMEMBERED)
         self.identity: dict[str, str] = {}
         if random.random() >= ANONYMOUS_SHARE and (TENANTS or API_KEYS):
             if API_KEYS and (not TENANTS or random.random() < 0.5):
@@ -99,10 +115,12 @@ class RouterUser(FastHttpUser):
                 resp.failure(_problem(resp))
                 return
             try:
-                content = resp.json()["choices"][0]["message"]["content"]
+                payload = resp.json()
+                content = payload["choices"][0]["message"]["content"]
             except (ValueError, LookupError, TypeError):
                 content = None
             if content:
+                self.answered.append(payload["id"])
                 resp.success()
             else:
                 resp.failure("no choices[0].message.content in the response")
@@ -174,3 +192,23 @@ class RouterUser(FastHttpUser):
                 resp.success()
             else:
                 resp.failure(f"{case}: expected {expected}, got {_problem(resp)}")
+
+    @task(WEIGHTS["feedback"])
+    def feedback(self) -> None:
+        if not self.answered:
+            return  # nothing to rate yet
+        response_id = self.answered.popleft() if random.random() < 0.5 else self.answered.pop()
+        negative = random.random() < NEGATIVE_SHARE
+        body: dict = {"response_id": response_id}
+        if random.random() < 0.5:
+            body["thumbs"] = "down" if negative else "up"
+        else:
+            body["score"] = round(random.uniform(0, 0.45) if negative else random.uniform(0.55, 1), 2)
+        if negative and random.random() < 0.6:
+            body["reason"] = random.choice(COMPLAINTS)
+        with self.client.post(FEEDBACK, json=body, headers=dict(self.identity), name="feedback",
+                              catch_response=True) as resp:
+            if resp.status_code == 201:
+                resp.success()
+            else:
+                resp.failure(_problem(resp))

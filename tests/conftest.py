@@ -52,16 +52,23 @@ def make_app(tmp_path):
     from llm_router.app import Telemetry, create_app
     from llm_router.config import parse_config
 
+    built = []
+
     def build(data: dict | None = None, telemetry: Telemetry | None = None, tracer_provider=None):
         data = data if data is not None else quiet_models(config_dict())
-        return create_app(
+        app = create_app(
             parse_config(data),
             telemetry=telemetry or Telemetry(),
             state_dir=tmp_path / f"state-{time.monotonic_ns()}",
             tracer_provider=tracer_provider,
         )
+        built.append(app)
+        return app
 
-    return build
+    yield build
+    # Each app probes its backends on a thread of its own: stop them with the test.
+    for app in built:
+        app.extensions["llm_router"].prober.stop(timeout=5)
 
 
 @pytest.fixture
@@ -231,3 +238,35 @@ def serving(app) -> Iterator[str]:
     finally:
         httpd.shutdown()
         thread.join(5)
+
+
+@contextmanager
+def stuck_span_queue(queue_size: int = 2) -> Iterator:
+    """A real TracerProvider whose BatchSpanProcessor cannot export (its exporter blocks
+    until the block ends) and holds ``queue_size`` spans: further spans are dropped the way
+    they are with a collector down. Also forgets earlier summaries of the process-wide
+    dropped-span filter, so the first drop here is summarised at once."""
+    import threading
+
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+
+    from llm_router.telemetry import tracing
+
+    release = threading.Event()
+
+    class Stuck(SpanExporter):
+        def export(self, spans):
+            release.wait(10)
+            return SpanExportResult.SUCCESS
+
+    provider = TracerProvider()
+    provider.add_span_processor(BatchSpanProcessor(Stuck(), max_queue_size=queue_size, max_export_batch_size=1,
+                                                   schedule_delay_millis=1))
+    summariser = tracing.install_dropped_span_filter(None)
+    summariser.last, summariser.pending = float("-inf"), 0
+    try:
+        yield provider
+    finally:
+        release.set()
+        provider.shutdown()

@@ -40,7 +40,7 @@ def test_locust_drives_the_router_without_failures(live_router, tmp_path):
     failures = sum(int(row["Failure Count"]) for row in rows.values())
     assert count["Aggregated"] > 0
     assert failures == 0, (tmp_path / "load_failures.csv").read_text()
-    for name in ("chat", "chat (repeat)", "chat stream", "ttft", "bad input"):
+    for name in ("chat", "chat (repeat)", "chat stream", "ttft", "bad input", "feedback"):
         assert count.get(name, 0) > 0, f"no {name!r} requests in {sorted(count)}"
     assert (tmp_path / "load.html").stat().st_size > 0
 
@@ -53,3 +53,6 @@ def test_locust_drives_the_router_without_failures(live_router, tmp_path):
     )
     assert client_errors >= count["bad input"]
     assert metric_sum(samples, "llm_router_cache_requests_total", result="hit") > 0
+    # Every rating Locust recorded was accepted (no failures), on whichever worker; as for the
+    # chat requests, ratings sent while the users stop may be missing from Locust's CSV.
+    assert metric_sum(samples, "llm_router_feedback_total") >= count["feedback"] > 0

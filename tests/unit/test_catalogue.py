@@ -9,6 +9,7 @@ spans against an in-memory exporter.
 
 from __future__ import annotations
 
+import gc
 import json
 import re
 
@@ -20,7 +21,7 @@ from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import REPO, captured_json_lines, chat_body, parse_metrics
+from conftest import REPO, captured_json_lines, chat_body, parse_metrics, stuck_span_queue
 
 DOC = REPO / "docs" / "metrics.md"
 ADMIN_TOKEN = "catalogue-admin-token"
@@ -126,12 +127,34 @@ def declared_metrics() -> dict[str, MetricWrapperBase]:
     return declared
 
 
+# The multiprocess mode column of metrics built by a collector at scrape time, one series
+# per process (the pid label), never merged across workers.
+PER_PROCESS = "per process"
+
+
+def collected_metrics() -> dict:
+    """Metrics that telemetry/metrics.py's custom collectors build at scrape time (no metric
+    object to find): the process-health collector's specs, by exposed name. The collector
+    must be registered where /metrics renders in single-process mode; the live exposition
+    test below proves its metrics really appear."""
+    from prometheus_client import REGISTRY
+
+    from llm_router.telemetry import metrics as m
+    from llm_router.telemetry.process import METRICS, ServingProcessCollector
+
+    collectors = [obj for obj in vars(m).values() if isinstance(obj, ServingProcessCollector)]
+    assert collectors, "telemetry/metrics.py declares no process collector"
+    assert all(collector in REGISTRY._collector_to_names for collector in collectors)
+    return {spec.name: spec for spec in METRICS}
+
+
 def code_label_values(app) -> dict[str, set[str]]:
     """The bounded value set of each label, from the code and the app's configuration."""
     from llm_router.backends import BackendError
     from llm_router.config import STRATEGIES
     from llm_router.resilience import STATE_VALUES
     from llm_router.routing import REASONS
+    from llm_router.telemetry.metrics import FINISH_REASONS, PROBE_OUTCOMES
 
     config = app.extensions["llm_router"].config
     models = {model.id for model in config.models}
@@ -144,8 +167,8 @@ def code_label_values(app) -> dict[str, set[str]]:
         "to_model": models,
         "provider": literal["provider"] | {model.gen_ai_provider for model in config.models},
         "strategy": set(STRATEGIES),
-        "reason": set(REASONS) | {"circuit_open", "saturated"},
-        "outcome": {"success", "cancelled", *BackendError.KINDS},
+        "reason": set(REASONS) | {"circuit_open", "saturated"} | set(FINISH_REASONS),
+        "outcome": {"success", "cancelled", *BackendError.KINDS} | set(PROBE_OUTCOMES),
         "state": set(STATE_VALUES),
     }
 
@@ -156,14 +179,20 @@ def code_literal_label_values(app) -> dict[str, set[str]]:
     from llm_router.config import STRATEGIES
     from llm_router.resilience import STATE_VALUES
     from llm_router.routing import REASONS
+    from llm_router.telemetry.metrics import FINISH_REASONS, PROBE_OUTCOMES, RATINGS
+
+    from llm_router.telemetry.process import ROLES
 
     return {
+        "role": set(ROLES),
+        "generation": {str(generation) for generation in range(len(gc.get_stats()))},
         "route": {rule.rule for rule in app.url_map.iter_rules()} | {"unmatched"},
         "tenant": {"other", "anonymous"},
         "model": {"auto", "unknown"},
         "strategy": set(STRATEGIES),
-        "reason": set(REASONS) | {"circuit_open", "saturated"},
-        "outcome": {"success", "cancelled", *BackendError.KINDS},
+        "reason": set(REASONS) | {"circuit_open", "saturated"} | set(FINISH_REASONS),
+        "outcome": {"success", "cancelled", *BackendError.KINDS} | set(PROBE_OUTCOMES),
+        "rating": set(RATINGS),
         "state": set(STATE_VALUES),
         "result": {"hit", "miss", "bypass"},
         "type": {"input", "output"},
@@ -178,8 +207,8 @@ def code_literal_label_values(app) -> dict[str, set[str]]:
 
 def drive_traffic(client, app, monkeypatch) -> None:
     """Exercise every metric, event and span: success, cache hit, stream, bad requests,
-    budgets, and an injected fault on a model with fallbacks (retries, fallbacks, an open
-    circuit, a rejection)."""
+    budgets, feedback, and an injected fault on a model with fallbacks (retries, fallbacks,
+    an open circuit, a rejection, a failed health probe)."""
     monkeypatch.setenv("LLM_ROUTER_ADMIN_TOKEN", ADMIN_TOKEN)
     admin = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
     store = app.extensions["llm_router"].store
@@ -209,6 +238,11 @@ def drive_traffic(client, app, monkeypatch) -> None:
     store.add_spend("search", 250.0 - store.spend("search") - 1e-9)  # just under 50% of 500
     assert chat(chat_body(content="catalogue: spend"), "search").status_code == 200
 
+    # Feedback on the first answer: accepted once (with a free-text comment), then a 409.
+    rated = {"response_id": first.get_json()["id"], "thumbs": "up", "reason": "other", "comment": "catalogue: nice"}
+    assert client.post("/v1/feedback", json=rated, headers={"X-Tenant-ID": "search"}).status_code == 201
+    assert client.post("/v1/feedback", json=rated, headers={"X-Tenant-ID": "search"}).status_code == 409
+
     # A fault on a model with fallbacks: each request retries it, then falls back; after
     # failure_threshold failures its circuit opens and the next request is rejected there.
     injected = client.post(
@@ -218,6 +252,9 @@ def drive_traffic(client, app, monkeypatch) -> None:
     for attempt in range(4):
         response = chat(chat_body("sim-frontier", content=f"catalogue: fault {attempt}"))
         assert response.status_code == 200 and response.headers["X-Router-Model"] != "sim-frontier"
+    # Health probes now, not on the background loop's schedule: sim-frontier's fails.
+    probed = app.extensions["llm_router"].prober.probe_all()
+    assert probed["sim-frontier"] is False and probed["sim-fast"] is True
     assert client.delete("/admin/faults", headers=admin).status_code == 200
 
 
@@ -227,11 +264,19 @@ def drive_traffic(client, app, monkeypatch) -> None:
 def test_documented_metrics_match_declared_objects():
     documented = documented_metrics()
     declared = declared_metrics()
-    assert set(documented) == set(declared), (
-        f"undocumented: {sorted(set(declared) - set(documented))}; "
-        f"documented but not declared: {sorted(set(documented) - set(declared))}"
+    collected = collected_metrics()
+    assert not set(declared) & set(collected), "a metric both declared and collected"
+    assert set(documented) == set(declared) | set(collected), (
+        f"undocumented: {sorted((set(declared) | set(collected)) - set(documented))}; "
+        f"documented but not declared: {sorted(set(documented) - set(declared) - set(collected))}"
     )
     for name, doc in documented.items():
+        if name in collected:
+            spec = collected[name]
+            assert doc["type"] == spec.type, f"{name}: documented {doc['type']}, collected {spec.type}"
+            assert doc["labels"] == set(spec.labels), f"{name}: labels {doc['labels']} != {spec.labels}"
+            assert doc["mode"] == PER_PROCESS, f"{name}: multiprocess mode documented {doc['mode']}, not {PER_PROCESS}"
+            continue
         metric = declared[name]
         assert doc["type"] == metric._type, f"{name}: documented {doc['type']}, declared {metric._type}"
         assert doc["labels"] == set(metric._labelnames), f"{name}: labels {doc['labels']} != {metric._labelnames}"
@@ -346,6 +391,11 @@ def test_documented_log_fields_match_emitted_lines(make_app, monkeypatch):
 
         monkeypatch.setattr(api, "_openapi_document", boom)
         assert client.get("/openapi.json").status_code == 500
+        # A collector that cannot keep up: spans dropped, summarised in one event line.
+        with stuck_span_queue(1) as provider:
+            stuck = make_app(tracer_provider=provider).test_client()
+            for _ in range(3):
+                assert stuck.post("/v1/chat/completions", json=chat_body(), headers={"Cache-Control": "no-cache"}).status_code == 200
         lines = read()
 
     assert lines

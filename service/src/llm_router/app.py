@@ -16,11 +16,18 @@ from opentelemetry.sdk.trace import TracerProvider
 from . import __version__
 from .config import RouterConfig, load_config
 from .errors import register_error_handlers
+from .probes import HealthProber
 from .router import RequestRecord, Router
-from .state import StateStore
+from .state import ResponseLog, StateStore
 from .telemetry import logs
 from .telemetry import metrics as m
-from .telemetry.tracing import UNTRACED_PATHS, ServerSpans, build_tracer_provider, tracer_for
+from .telemetry.tracing import (
+    UNTRACED_PATHS,
+    ServerSpans,
+    build_tracer_provider,
+    install_dropped_span_filter,
+    tracer_for,
+)
 from .tenants import Budgets, TenantDirectory
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -68,6 +75,8 @@ class Services:
     tenants: TenantDirectory
     budgets: Budgets
     tracer_provider: TracerProvider | None
+    responses: ResponseLog
+    prober: HealthProber
 
 
 def services() -> Services:
@@ -92,6 +101,8 @@ def create_app(
     if not telemetry.traces:
         tracer_provider = None
     tracer = tracer_for(tracer_provider)
+    if tracer_provider is not None:
+        install_dropped_span_filter(m.SPANS_DROPPED.inc if telemetry.metrics else None)
 
     store = StateStore(state_dir)
     router = Router(config, store, tracer, telemetry.metrics)
@@ -107,6 +118,8 @@ def create_app(
         tenants=TenantDirectory(config),
         budgets=Budgets(config, store, telemetry.metrics),
         tracer_provider=tracer_provider,
+        responses=ResponseLog(store, config.feedback.retention_hours),
+        prober=HealthProber(router.slots, config.health_probes, telemetry.metrics),
     )
     if telemetry.metrics:
         m.initialise(
@@ -114,22 +127,32 @@ def create_app(
             {t.id: t.monthly_budget_usd for t in config.tenants if t.monthly_budget_usd},
             {model.id: model.max_concurrency for model in config.models},
             "rejected" if config.budgets.on_exhausted == "reject" else "flagged",
+            tenant_ids=[t.id for t in config.tenants] + (["anonymous"] if config.auth.allow_anonymous else []),
         )
     register_error_handlers(app)
     _register_request_hooks(app, ServerSpans(tracer) if tracer_provider is not None else None)
 
     from .admin import admin
     from .api import api
+    from .feedback import feedback
 
     app.register_blueprint(api)
+    app.register_blueprint(feedback)
     app.register_blueprint(admin)
 
+    seconds = time.perf_counter() - started
+    if telemetry.metrics:
+        m.CONFIG_LOAD_DURATION.observe(seconds)
     logs.event(
         "config_loaded", "router configuration loaded",
         models=len(config.models), tenants=len(config.tenants), version=__version__,
-        duration_ms=round((time.perf_counter() - started) * 1000, 3),
+        duration_ms=round(seconds * 1000, 3),
         telemetry={"metrics": telemetry.metrics, "logs": telemetry.logs, "traces": telemetry.traces},
     )
+    # Last, once the app is complete: the first probes run at once, on their own thread, so
+    # neither start-up nor requests wait for a slow backend.
+    if config.health_probes.enabled:
+        app.extensions["llm_router"].prober.start()
     return app
 
 
@@ -218,18 +241,41 @@ def _trace_exemplar(record: RequestRecord) -> dict[str, str] | None:
     return {"trace_id": record.trace_id}
 
 
+def finish_reason_label(code: int, finish_reason: str | None) -> str | None:
+    """The `reason` of llm_router_finish_reasons_total for a chat request's outcome.
+
+    None for client errors other than 429 (bad body, unknown model or tenant, budget,
+    strategy): those never reached a model, so they are not counted. A 500 is counted as an
+    error wherever it happened.
+    """
+    if code == 200:
+        return finish_reason if finish_reason in m.FINISH_REASONS else "other"
+    if code == 499:
+        return "cancelled"
+    if code == 429 or code >= 500:
+        return "error"
+    return None
+
+
 def _finish_chat(state: Services, record: RequestRecord, seconds: float) -> None:
-    if record.code == 200 and record.cache != "hit":
-        state.budgets.charge(record.tenant, record.cost_usd)
+    if record.code == 200:
+        if record.cache != "hit":
+            state.budgets.charge(record.tenant, record.cost_usd)
+        # So feedback can name this answer, on any worker (one INSERT; state.ResponseLog).
+        state.responses.record(record.request_id, record.tenant, record.model)
     if not state.telemetry.metrics:
         return
     m.child(m.CHAT_REQUESTS, record.tenant, record.model, record.strategy, str(record.code)).inc()
+    reason = finish_reason_label(record.code, record.finish_reason)
+    if reason is not None:
+        m.child(m.FINISH_REASONS_TOTAL, record.model, reason).inc()
     if record.code == 200:
         # Latency of answered requests only: fast rejections would flatter the latency SLO
         # (errors have their own SLO, on the counter above).
         m.child(m.CHAT_DURATION, record.model, "true" if record.stream else "false").observe(
             seconds, _trace_exemplar(record)
         )
+        m.child(m.TENANT_DURATION, record.tenant).observe(seconds)
         m.OVERHEAD.observe(max(0.0, seconds - record.backend_seconds))
     if record.input_tokens or record.output_tokens:
         m.child(m.TOKENS, record.tenant, record.model, "input").inc(record.input_tokens)

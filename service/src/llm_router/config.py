@@ -54,6 +54,8 @@ class Simulation(_Strict):
     output_tokens_min: int = Field(default=16, ge=1)
     output_tokens_max: int = Field(default=256, ge=1)
     error_rate: float = Field(default=0.0, ge=0, le=1)
+    # Share of answers the simulated model cuts short with finish_reason "content_filter".
+    content_filter_rate: float = Field(default=0.0, ge=0, le=1)
     # Relative weights of the error kinds drawn when an error happens.
     error_kinds: dict[Literal["server_error", "timeout", "rate_limited"], float] = {
         "server_error": 1.0
@@ -159,6 +161,21 @@ class LimitsConfig(_Strict):
     max_messages: int = Field(default=1_000, ge=1)
 
 
+class FeedbackConfig(_Strict):
+    # How long an answered chat request can still be rated (POST /v1/feedback). Older rows
+    # are pruned from the shared state store, so it stays bounded.
+    retention_hours: float = Field(default=72, gt=0, le=24 * 90)
+
+
+class HealthProbesConfig(_Strict):
+    # A background thread per process probes every backend: at start, then every interval
+    # (with +-10% jitter, so workers do not probe in lockstep).
+    enabled: bool = True
+    interval_seconds: float = Field(default=30, ge=0.05, le=3600)
+    # Cap on one probe; a model's own timeout_seconds applies when it is shorter.
+    timeout_seconds: float = Field(default=5, gt=0, le=300)
+
+
 class RouterConfig(_Strict):
     service_name: str = "llm-router"
     models: tuple[ModelConfig, ...] = Field(min_length=1)
@@ -168,6 +185,8 @@ class RouterConfig(_Strict):
     budgets: BudgetConfig = BudgetConfig()
     auth: AuthConfig = AuthConfig()
     limits: LimitsConfig = LimitsConfig()
+    feedback: FeedbackConfig = FeedbackConfig()
+    health_probes: HealthProbesConfig = HealthProbesConfig()
     # Multiplies every simulated delay: 0 makes simulated models answer at once (tests).
     simulation_time_scale: float = Field(default=1.0, ge=0)
 

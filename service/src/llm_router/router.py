@@ -82,12 +82,20 @@ class Router:
         self.slots = {
             model.id: BackendSlot(
                 model,
-                build_backend(model, config, self.faults.fault_for),
+                self._load(model),
                 CircuitBreaker(model.id, breaker.failure_threshold, breaker.reset_timeout_seconds, self._breaker_changed),
                 ConcurrencyLimiter(model.max_concurrency, config.routing.queue_timeout_seconds),
             )
             for model in config.models
         }
+
+    def _load(self, model: ModelConfig) -> Backend:
+        """Build one model's backend, timed (llm_router_model_load_duration_seconds)."""
+        started = time.perf_counter()
+        backend = build_backend(model, self.config, self.faults.fault_for)
+        if self.metrics_on:
+            m.child(m.MODEL_LOAD_DURATION, model.id).observe(time.perf_counter() - started)
+        return backend
 
     # --- state ---------------------------------------------------------------------------
 
@@ -112,13 +120,19 @@ class Router:
         return problems or ["no backend configured"]
 
     def plan(self, requested: str, strategy: str) -> list[Candidate]:
-        with self.tracer.start_as_current_span("route", attributes={"llm_router.strategy": strategy}) as span:
-            ordered = candidates(requested, strategy, self.config.models, self.latency)
-            span.set_attribute("llm_router.model.requested", requested)
-            span.set_attribute("llm_router.candidates", [c.model.id for c in ordered])
-            span.set_attribute("llm_router.model.selected", ordered[0].model.id)
-            span.set_attribute("llm_router.route.reason", ordered[0].reason)
-            return ordered
+        ordered = candidates(requested, strategy, self.config.models, self.latency)
+        # The decision goes on the request's server span: a span of its own cost more to
+        # create and export than the decision itself took.
+        span = trace.get_current_span()
+        if span.is_recording():
+            span.set_attributes({
+                "llm_router.strategy": strategy,
+                "llm_router.model.requested": requested,
+                "llm_router.candidates": [c.model.id for c in ordered],
+                "llm_router.model.selected": ordered[0].model.id,
+                "llm_router.route.reason": ordered[0].reason,
+            })
+        return ordered
 
     # --- one backend attempt -------------------------------------------------------------
 
@@ -135,6 +149,8 @@ class Router:
         if request.temperature is not None:
             attributes["gen_ai.request.temperature"] = request.temperature
         span = self.tracer.start_span(f"chat {model.id}", kind=SpanKind.CLIENT, attributes=attributes)
+        if not getattr(slot.backend, "sends_trace_context", True):
+            return span, request  # nothing goes upstream (simulated models)
         headers: dict[str, str] = {}
         propagate.inject(headers, context=trace.set_span_in_context(span))
         return span, replace(request, headers=headers)

@@ -60,6 +60,10 @@ class Backend(Protocol):
         """Yield chunks; failures before the first chunk raise BackendError on first next()."""
         ...
 
+    def probe(self, timeout: float) -> None:
+        """A cheap health check within ``timeout`` seconds: returns, or raises BackendError."""
+        ...
+
 
 def estimate_tokens(text: str) -> int:
     """About four characters a token, the usual rule of thumb for English text."""

@@ -20,10 +20,16 @@ def _error_for_status(status: int, model: str) -> BackendError:
     return BackendError("client_error", f"{model}: upstream rejected the request ({status})", status)
 
 
+def _finish_reason(value: object, default: str | None = "stop") -> str | None:
+    """The upstream's finish_reason when it is a non-empty string, else ``default``."""
+    return value if isinstance(value, str) and value else default
+
+
 class OpenAICompatibleBackend:
     def __init__(self, model: ModelConfig, session: requests.Session | None = None) -> None:
         self.model = model
         self.url = model.base_url.rstrip("/") + "/chat/completions"
+        self.models_url = model.base_url.rstrip("/") + "/models"
         self.session = session or requests.Session()
         self.api_key = os.environ.get(model.api_key_env, "") if model.api_key_env else ""
 
@@ -32,6 +38,19 @@ class OpenAICompatibleBackend:
         if self.model.api_key_env and not self.api_key:
             return False, f"{self.model.id}: ${self.model.api_key_env} is not set"
         return True, None
+
+    def probe(self, timeout: float) -> None:
+        """GET <base_url>/models: cheap on every OpenAI-compatible server, and it checks the key."""
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        try:
+            response = self.session.get(self.models_url, headers=headers, timeout=timeout)
+        except requests.Timeout:
+            raise BackendError("timeout", f"{self.model.id}: probe not answered within {timeout}s") from None
+        except requests.RequestException as error:
+            raise BackendError("connection_error", f"{self.model.id}: probe failed ({type(error).__name__})") from None
+        response.close()
+        if not 200 <= response.status_code < 300:
+            raise _error_for_status(response.status_code, self.model.id)
 
     def _post(self, request: ChatRequest, stream: bool) -> requests.Response:
         body: dict = {"model": self.model.upstream_model or self.model.id, "messages": request.messages, "stream": stream}
@@ -68,7 +87,8 @@ class OpenAICompatibleBackend:
                 text=text,
                 input_tokens=int(usage.get("prompt_tokens") or estimate_tokens(message_text(request.messages))),
                 output_tokens=int(usage.get("completion_tokens") or estimate_tokens(text)),
-                finish_reason=choice.get("finish_reason") or "stop",
+                # Passed through as the upstream said it (the metric label folds unknown ones).
+                finish_reason=_finish_reason(choice.get("finish_reason")),
                 response_model=str(data.get("model") or self.model.id),
             )
         except (ValueError, KeyError, IndexError, TypeError, AttributeError):
@@ -96,7 +116,7 @@ class OpenAICompatibleBackend:
                 usage = event.get("usage") or usage
                 for choice in event.get("choices") or []:
                     piece = (choice.get("delta") or {}).get("content") or ""
-                    finish_reason = choice.get("finish_reason") or finish_reason
+                    finish_reason = _finish_reason(choice.get("finish_reason"), finish_reason)
                     if piece:
                         text_seen.append(piece)
                         yield Chunk(piece)

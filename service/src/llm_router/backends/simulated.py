@@ -40,6 +40,9 @@ def _lognormal(rng: random.Random, dist: LatencyDistribution) -> float:
 
 
 class SimulatedBackend:
+    # No upstream to join the trace: the router skips building a traceparent header.
+    sends_trace_context = False
+
     def __init__(
         self,
         model: ModelConfig,
@@ -54,6 +57,9 @@ class SimulatedBackend:
         self.time_scale = time_scale
         self.fault_for = fault_for
         self.rng = random.Random(seed)
+        # Probes draw from their own generator: a probe thread must not shift the draws of
+        # requests (seeded tests replay those).
+        self.probe_rng = random.Random(seed)
         self.sleep = sleep
         kinds = sorted(self.sim.error_kinds.items())
         self._error_kinds = [k for k, _ in kinds]
@@ -63,7 +69,7 @@ class SimulatedBackend:
         if seconds > 0:
             self.sleep(seconds)
 
-    def _plan(self, request: ChatRequest) -> tuple[float, int, int]:
+    def _plan(self, request: ChatRequest) -> tuple[float, int, int, str]:
         """Decide the call's fate up front: raise its error, or return its timings."""
         fault = self.fault_for(self.model.id)
         extra = fault.latency_ms / 1000.0 if fault else 0.0
@@ -81,7 +87,10 @@ class SimulatedBackend:
         limit = request.max_tokens or self.sim.output_tokens_max
         output_tokens = min(limit, self.rng.randint(self.sim.output_tokens_min, self.sim.output_tokens_max))
         input_tokens = estimate_tokens(message_text(request.messages))
-        return ttft, input_tokens, output_tokens
+        if self.sim.content_filter_rate and self.rng.random() < self.sim.content_filter_rate:
+            # The filter stops the answer part-way, as a provider's content filter does.
+            return ttft, input_tokens, self.rng.randint(1, output_tokens), "content_filter"
+        return ttft, input_tokens, output_tokens, self._finish_reason(request, output_tokens)
 
     def _raise(self, kind: str) -> None:
         status = {"server_error": 500, "rate_limited": 429, "timeout": None}.get(kind)
@@ -98,21 +107,34 @@ class SimulatedBackend:
         return words
 
     def complete(self, request: ChatRequest) -> Completion:
-        ttft, input_tokens, output_tokens = self._plan(request)
+        ttft, input_tokens, output_tokens, finish_reason = self._plan(request)
         self._wait(ttft + output_tokens / self.sim.tokens_per_second * self.time_scale)
         text = " ".join(self._words(output_tokens))
-        return Completion(text, input_tokens, output_tokens, self._finish_reason(request, output_tokens), self.model.id)
+        return Completion(text, input_tokens, output_tokens, finish_reason, self.model.id)
 
     def stream(self, request: ChatRequest) -> Iterator[Chunk]:
         # Plan eagerly so a failure surfaces on the first next(), before anything is sent.
-        ttft, input_tokens, output_tokens = self._plan(request)
-        return self._chunks(request, ttft, input_tokens, output_tokens)
+        ttft, input_tokens, output_tokens, finish_reason = self._plan(request)
+        return self._chunks(ttft, input_tokens, output_tokens, finish_reason)
 
-    def _chunks(self, request: ChatRequest, ttft: float, input_tokens: int, output_tokens: int) -> Iterator[Chunk]:
+    def probe(self, timeout: float) -> None:
+        """A tenth of a first-token wait (scaled like every simulated delay), plus an injected
+        fault's latency (unscaled); an injected error rate fails that share of probes."""
+        fault = self.fault_for(self.model.id)
+        delay = _lognormal(self.probe_rng, self.sim.time_to_first_token) * 0.1 * self.time_scale
+        delay += fault.latency_ms / 1000.0 if fault else 0.0
+        if delay >= timeout:
+            self._wait(timeout)
+            raise BackendError("timeout", f"{self.model.id}: probe not answered within {timeout}s")
+        self._wait(delay)
+        if fault and fault.error_rate and self.probe_rng.random() < fault.error_rate:
+            self._raise(fault.error_kind)
+
+    def _chunks(self, ttft: float, input_tokens: int, output_tokens: int, finish_reason: str) -> Iterator[Chunk]:
         self._wait(ttft)
         per_token = self.time_scale / self.sim.tokens_per_second
         for index, word in enumerate(self._words(output_tokens)):
             if index:
                 self._wait(per_token)
             yield Chunk(word if index == 0 else " " + word)
-        yield Chunk("", self._finish_reason(request, output_tokens), input_tokens, output_tokens)
+        yield Chunk("", finish_reason, input_tokens, output_tokens)

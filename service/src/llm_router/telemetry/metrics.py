@@ -16,6 +16,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 from prometheus_client import multiprocess
 
 from .. import __version__
+from .process import ServingProcessCollector
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -27,6 +28,20 @@ LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 7.5, 10, 
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 20, 60)
 # The router's own cost per request: sub-millisecond is the goal.
 OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1)
+# Per-tenant latency, coarser than LATENCY_BUCKETS (tenants x buckets series); 5 and 20 are
+# the Apdex thresholds (prometheus/config.yaml slo.apdex) and must stay boundaries here.
+TENANT_LATENCY_BUCKETS = (0.5, 1, 2, 5, 10, 15, 20, 30, 60, 120, 300)
+# Feedback scores lie in [0, 1]; the le="0" bucket counts the thumbs-down.
+SCORE_BUCKETS = (0, 0.2, 0.4, 0.6, 0.8, 1)
+# Building an app or a backend (microseconds for a simulated one) and probing one (a short
+# HTTP call for an upstream, capped by health_probes.timeout_seconds).
+LOAD_BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+# The finish_reason label's values: OpenAI's finish reasons, plus what the router knows
+# about requests that got no answer. Anything else an upstream reports counts as "other".
+FINISH_REASONS = ("stop", "length", "content_filter", "tool_calls", "error", "cancelled", "other")
+RATINGS = ("positive", "negative")
+PROBE_OUTCOMES = ("success", "failure")
 
 HTTP_REQUESTS = Counter(
     "llm_router_http_requests_total", "HTTP requests served, by URL rule, method and status code.",
@@ -132,6 +147,43 @@ BUDGET_EXCEEDED = Counter(
 FAULTS_INJECTED = Counter(
     "llm_router_faults_injected_total", "Faults injected through the admin API, by model.", ["model"],
 )
+FINISH_REASONS_TOTAL = Counter(
+    "llm_router_finish_reasons_total",
+    "Chat requests that reached a model (or the cache), by model and how the answer ended.",
+    ["model", "reason"],
+)
+TENANT_DURATION = Histogram(
+    "llm_router_tenant_request_duration_seconds", "End-to-end latency of answered chat completions, by tenant.",
+    ["tenant"], buckets=TENANT_LATENCY_BUCKETS,
+)
+FEEDBACK = Counter(
+    "llm_router_feedback", "Feedback on answered chat requests (POST /v1/feedback), by tenant, model and rating.",
+    ["tenant", "model", "rating"],
+)
+FEEDBACK_SCORE = Histogram(
+    "llm_router_feedback_score", "Feedback scores (0 to 1; thumbs up 1, down 0), by the model that answered.",
+    ["model"], buckets=SCORE_BUCKETS,
+)
+CONFIG_LOAD_DURATION = Histogram(
+    "llm_router_config_load_duration_seconds", "Time to load and validate the configuration and build the app.",
+    buckets=LOAD_BUCKETS,
+)
+MODEL_LOAD_DURATION = Histogram(
+    "llm_router_model_load_duration_seconds", "Time to build one model's backend when the app is built.",
+    ["model"], buckets=LOAD_BUCKETS,
+)
+PROBE_DURATION = Histogram(
+    "llm_router_backend_probe_duration_seconds", "Duration of one backend health probe, by model and outcome.",
+    ["model", "outcome"], buckets=LOAD_BUCKETS,
+)
+BACKEND_UP = Gauge(
+    "llm_router_backend_up", "1 when the last health probe of the backend succeeded, else 0 (worst live worker).",
+    ["model"], multiprocess_mode="livemin",
+)
+SPANS_DROPPED = Counter(
+    "llm_router_spans_dropped_total",
+    "Spans the trace exporter dropped because its queue was full (collector down or slow).",
+)
 BUILD_INFO = Gauge(
     "llm_router_build_info", "Always 1; labels carry the router's version and Python version.",
     ["version", "python_version"], multiprocess_mode="max",
@@ -149,25 +201,46 @@ def multiprocess_enabled() -> bool:
     return bool(os.environ.get(MULTIPROC_ENV))
 
 
+# llm_router_process_*: every serving process (gunicorn master and workers, or this single
+# process), read from /proc at scrape time; in both registries /metrics may render.
+PROCESS_HEALTH = ServingProcessCollector()
+REGISTRY.register(PROCESS_HEALTH)
+
+
 def exposition_registry() -> CollectorRegistry:
     """The registry /metrics renders: per-worker files merged, or this process's metrics."""
     if multiprocess_enabled():
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)
+        registry.register(PROCESS_HEALTH)
         return registry
     return REGISTRY
 
 
 def initialise(
-    model_ids: list[str], tenant_budgets: dict[str, float], max_concurrency: dict[str, int], budget_action: str
+    model_ids: list[str], tenant_budgets: dict[str, float], max_concurrency: dict[str, int], budget_action: str,
+    tenant_ids: list[str] = (),
 ) -> None:
-    """Create the series that must exist before any traffic (so alerts and panels see 0)."""
+    """Create the series that must exist before any traffic (so alerts and panels see 0).
+
+    ``tenant_ids`` are the tenants that can rate answers (configured ids, and "anonymous"
+    when anonymous requests are allowed): every tenant x model x rating starts at 0, so a
+    positive-feedback ratio exists even when all feedback so far was negative.
+    """
     BUILD_INFO.labels(__version__, platform.python_version()).set(1)
     for model in model_ids:
         CIRCUIT_STATE.labels(model).set(0)
         BACKEND_IN_FLIGHT.labels(model).set(0)
         BACKEND_QUEUE.labels(model).set(0)
         BACKEND_MAX_CONCURRENCY.labels(model).set(max_concurrency[model])
+        for reason in FINISH_REASONS:
+            child(FINISH_REASONS_TOTAL, model, reason)
+        for outcome in PROBE_OUTCOMES:
+            child(PROBE_DURATION, model, outcome)
+        child(FEEDBACK_SCORE, model)
+        for tenant in tenant_ids:
+            for rating in RATINGS:
+                child(FEEDBACK, tenant, model, rating)
     for tenant, budget in tenant_budgets.items():
         TENANT_BUDGET.labels(tenant).set(budget)
         BUDGET_EXCEEDED.labels(tenant, budget_action)
