@@ -110,19 +110,25 @@ def scrapes(args, work: Path) -> dict:
                 rss_start = router.worker_rss_mib()
                 traffic = load.drive_label_sets(router.port, [t["id"] for t in config["tenants"]],
                                                 [m["id"] for m in config["models"]], per_combo=max(2, workers))
-                timing = load.time_scrapes(router.port, args.scrapes)
+                # Where Prometheus scrapes (the metrics port), and, for comparison, the
+                # request port, whose /metrics a request worker renders.
+                timing = load.time_scrapes(router.metrics_port, args.scrapes)
+                inline = load.time_scrapes(router.port, args.scrapes)
                 row = {"workers": workers, "tenants": tenants, "label_sets": tenants * len(config["models"]),
-                       **timing, "traffic": traffic, "rss_start": rss_start, "rss_end": router.worker_rss_mib()}
+                       **timing, "inline": inline, "traffic": traffic, "rss_start": rss_start,
+                       "rss_end": router.worker_rss_mib()}
                 rows.append(row)
-                log(f"scrape workers={workers} tenants={tenants}: p50 {timing['p50']*1000:.1f} ms, "
-                    f"{timing['samples']} samples, failed requests {traffic['failed']}")
+                log(f"scrape workers={workers} tenants={tenants}: p50 {timing['p50']*1000:.1f} ms "
+                    f"(request port {inline['p50']*1000:.1f} ms), {timing['samples']} samples, "
+                    f"failed requests {traffic['failed']}")
                 if tenants == max(args.tenants):
-                    result = load.scrape_blocking(router.port, args.blocking_requests)
-                    result.update(workers=workers, tenants=tenants)
-                    blocking.append(result)
-                    log(f"scrape blocking workers={workers}: p50 {result['quiet_p50']*1000:.2f} -> "
-                        f"{result['busy_p50']*1000:.2f} ms, p99 {result['quiet_p99']*1000:.2f} -> "
-                        f"{result['busy_p99']*1000:.2f} ms")
+                    for where, port in (("metrics port", router.metrics_port), ("request port", router.port)):
+                        result = load.scrape_blocking(router.port, args.blocking_requests, port)
+                        result.update(workers=workers, tenants=tenants, where=where)
+                        blocking.append(result)
+                        log(f"scrape blocking workers={workers} scraping the {where}: p50 "
+                            f"{result['quiet_p50']*1000:.2f} -> {result['busy_p50']*1000:.2f} ms, p99 "
+                            f"{result['quiet_p99']*1000:.2f} -> {result['busy_p99']*1000:.2f} ms")
             finally:
                 router.stop()
     return {"rows": rows, "blocking": blocking}

@@ -163,15 +163,17 @@ def time_scrapes(port: int, count: int) -> dict:
             "bytes": len(body), "count": count}
 
 
-def scrape_blocking(port: int, count: int) -> dict:
-    """Request latency without, then with, a /metrics scrape running in a loop meanwhile."""
+def scrape_blocking(port: int, count: int, scrape_port: int | None = None) -> dict:
+    """Request latency without, then with, a /metrics scrape running in a loop meanwhile
+    (on ``scrape_port``: the request port by default, or the metrics process's)."""
+    scrape_port = scrape_port or port
     quiet = closed_loop_latency(port, count)
     stop = threading.Event()
     scrapes = [0]
 
     def loop() -> None:
         while not stop.is_set():
-            scrape(port)
+            scrape(scrape_port)
             scrapes[0] += 1
 
     thread = threading.Thread(target=loop, daemon=True)

@@ -247,23 +247,30 @@ def markdown(results: dict, path: Path) -> None:
       f"tenant × model combination (max(2, workers) requests each), then {a['scrapes']} scrapes are timed one "
       "after another. Samples are the exposition's sample lines.")
     w("")
-    w("| workers | tenants | label sets | samples | body KiB | scrape p50 ms | min–max ms | traffic failed |")
-    w("|---:|---:|---:|---:|---:|---:|---:|---:|")
+    w("Scrapes are timed where Prometheus scrapes in the default deployment, `LLM_ROUTER_METRICS_BIND`: "
+      "with several workers a process of its own merges the workers' files there; with one worker a thread "
+      "of that worker serves its in-memory registry. The request port's `/metrics` (rendered by a request "
+      "worker) is timed too, for comparison.")
+    w("")
+    w("| workers | tenants | label sets | samples | body KiB | scrape p50 ms | min–max ms | request port p50 ms | traffic failed |")
+    w("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for r in sc["rows"]:
+        inline = _ms(r["inline"]["p50"], 1) if "inline" in r else "–"
         w(f"| {r['workers']} | {r['tenants']} | {r['label_sets']} | {r['samples']} | {r['bytes'] / 1024:.0f} | "
-          f"{_ms(r['p50'], 1)} | {_ms(r['min'], 1)}–{_ms(r['max'], 1)} | {r['traffic']['failed']} / "
+          f"{_ms(r['p50'], 1)} | {_ms(r['min'], 1)}–{_ms(r['max'], 1)} | {inline} | {r['traffic']['failed']} / "
           f"{r['traffic']['requests']} |")
     w("")
     w("### Does a scrape block request serving?")
     w("")
     w("Sequential chat requests (one at a time) at the largest label-set count, first with nothing else "
-      "running, then while another client scrapes `/metrics` in a loop. Reported, not asserted.")
+      "running, then while another client scrapes `/metrics` in a loop (on the metrics port, then on the "
+      "request port). Reported, not asserted.")
     w("")
-    w("| workers | tenants | requests | scrapes meanwhile | p50 ms quiet → scraping | p99 ms quiet → scraping |")
-    w("|---:|---:|---:|---:|---:|---:|")
+    w("| workers | tenants | scraped at | requests | scrapes meanwhile | p50 ms quiet → scraping | p99 ms quiet → scraping |")
+    w("|---:|---:|---|---:|---:|---:|---:|")
     for b in sc["blocking"]:
-        w(f"| {b['workers']} | {b['tenants']} | {b['count']} | {b['scrapes']} | {_ms(b['quiet_p50'])} → "
-          f"{_ms(b['busy_p50'])} | {_ms(b['quiet_p99'])} → {_ms(b['busy_p99'])} |")
+        w(f"| {b['workers']} | {b['tenants']} | {b.get('where', 'request port')} | {b['count']} | {b['scrapes']} | "
+          f"{_ms(b['quiet_p50'])} → {_ms(b['busy_p50'])} | {_ms(b['quiet_p99'])} → {_ms(b['busy_p99'])} |")
     w("")
     w("## Memory (RSS per worker)")
     w("")

@@ -62,6 +62,9 @@ class Router:
                  threads: int = 4) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        # Where Prometheus scrapes in the default deployment (LLM_ROUTER_METRICS_BIND): the
+        # metrics process with several workers, a thread of the worker with one.
+        self.metrics_port = free_port()
         self.name = name
         self.workers = workers
         base = workdir / f"{name}-{self.port}"
@@ -77,6 +80,7 @@ class Router:
             "LLM_ROUTER_THREADS": str(threads),
             "LLM_ROUTER_STATE_DIR": str(base / "state"),
             "LLM_ROUTER_SIM_TIME_SCALE": "0",
+            "LLM_ROUTER_METRICS_BIND": f"127.0.0.1:{self.metrics_port}",
         })
         if workers > 1:
             self.env["PROMETHEUS_MULTIPROC_DIR"] = str(base / "metrics")
@@ -129,7 +133,8 @@ class Router:
                 continue
             # pid (comm) state ppid ...: comm may hold spaces, so split after the last ')'.
             ppid = int(stat.rsplit(")", 1)[1].split()[1])
-            if ppid == self.process.pid:
+            # The metrics process is the master's child too, but serves no request.
+            if ppid == self.process.pid and "(llm-router-metr" not in stat:
                 pids.append(int(entry))
         return sorted(pids)
 

@@ -114,8 +114,10 @@ def stack(tmp_path, live_router):
     ports = {"sink": free_port(), "prometheus": free_port(), "alertmanager": free_port()}
     data = quiet_models(config_dict())
     data["routing"]["circuit_breaker"] = {"failure_threshold": 3, "reset_timeout_seconds": 2}
-    router = live_router(workers=2, config=data, env={"LLM_ROUTER_ADMIN_TOKEN": ADMIN_TOKEN})
-    ports["router"] = router.port
+    # Scraped like the compose deployment: on the metrics process's own port.
+    ports["router"] = free_port()
+    router = live_router(workers=2, config=data, env={
+        "LLM_ROUTER_ADMIN_TOKEN": ADMIN_TOKEN, "LLM_ROUTER_METRICS_BIND": f"127.0.0.1:{ports['router']}"})
     started: list[LiveProcess] = []
     sink = Sink(tmp_path, [sys.executable, "-m", "llm_router.cli", "alert-sink"], ports["sink"],
                 {"ALERT_SINK_BIND": f"127.0.0.1:{ports['sink']}"})

@@ -3,7 +3,10 @@ that is down never failing or stalling requests."""
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
+import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -64,6 +67,91 @@ def test_totals_survive_a_worker_restart(live_router):
     assert metric_sum(samples, "llm_router_http_requests_in_flight") == 1
 
 
+def live_children(parent: int) -> set[int]:
+    """Pids whose parent is ``parent`` (zombies excluded), straight from /proc."""
+    found = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        if int(fields[1]) == parent and fields[0] not in (b"Z", b"X"):
+            found.add(int(entry))
+    return found
+
+
+def process_series(samples: dict, name: str) -> dict[tuple[int, str], float]:
+    """{(pid, role): value} of one llm_router_process_* metric (gc: summed over generations)."""
+    series: dict[tuple[int, str], float] = {}
+    for (sample, labels), value in samples.items():
+        if sample == name:
+            labels = dict(labels)
+            key = (int(labels["pid"]), labels["role"])
+            series[key] = series.get(key, 0.0) + value
+    return series
+
+
+def wait_for_workers(router, master: int, count: int, gone: int | None = None) -> dict:
+    """Scrape until /metrics shows ``count`` workers, all live children of the master (and
+    not ``gone``); bounded, returns the last scrape."""
+    deadline = time.monotonic() + 30
+    while True:
+        samples = scrape(router)
+        workers = {pid for pid, role in process_series(samples, "llm_router_process_resident_memory_bytes")
+                   if role == "worker"}
+        if len(workers) == count and gone not in workers and workers == live_children(master):
+            return samples
+        if time.monotonic() > deadline:
+            return samples  # the caller's assertions say what is wrong
+        time.sleep(0.2)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="process metrics read /proc (Linux only)")
+def test_process_health_of_the_master_and_every_worker(live_router):
+    router = live_router(workers=3)
+    master = router.process.pid  # `llm-router serve` execs gunicorn: this is the master
+
+    def check(samples: dict) -> set[int]:
+        rss = process_series(samples, "llm_router_process_resident_memory_bytes")
+        assert {pid for pid, role in rss if role == "master"} == {master}
+        workers = {pid for pid, role in rss if role == "worker"}
+        assert workers == live_children(master) and len(workers) == 3
+        assert {role for _, role in rss} == {"master", "worker"}, "no process may report itself as single"
+        everyone = {(master, "master")} | {(pid, "worker") for pid in workers}
+        for name in ("llm_router_process_resident_memory_bytes", "llm_router_process_cpu_seconds_total",
+                     "llm_router_process_virtual_memory_bytes", "llm_router_process_open_fds",
+                     "llm_router_process_max_fds", "llm_router_process_threads",
+                     "llm_router_process_start_time_seconds"):
+            series = process_series(samples, name)
+            assert set(series) == everyone, name
+            assert all(value > 0 for value in series.values()), name
+        started = process_series(samples, "llm_router_process_start_time_seconds")
+        assert all(started[(pid, "worker")] >= started[(master, "master")] for pid in workers)
+        # GC counts of every process, each generation, recorded by the process itself.
+        gc_generations: dict[tuple[int, str], set[str]] = {}
+        for (sample, labels), _ in samples.items():
+            if sample == "llm_router_process_gc_collections_total":
+                labels = dict(labels)
+                gc_generations.setdefault((int(labels["pid"]), labels["role"]), set()).add(labels["generation"])
+        assert gc_generations == {key: {"0", "1", "2"} for key in everyone}
+        assert all(value > 0 for value in process_series(samples, "llm_router_process_gc_collections_total").values())
+        return workers
+
+    workers = check(wait_for_workers(router, master, 3))
+    # Whichever worker answers, the same processes are reported.
+    for _ in range(6):
+        assert check(scrape(router)) == workers
+
+    victim = min(workers)
+    os.kill(victim, signal.SIGKILL)
+    replaced = check(wait_for_workers(router, master, 3, gone=victim))
+    assert victim not in replaced
+    assert len(replaced - workers) == 1, "gunicorn replaced exactly the killed worker"
+
+
 class Blackhole:
     """A TCP listener that accepts connections and never answers: the worst collector."""
 
@@ -116,3 +204,60 @@ def test_unresponsive_collector_neither_fails_nor_stalls_requests(live_router):
         assert router.stop() < 8
     finally:
         collector.close()
+
+
+def test_metrics_process_serves_the_same_totals_outside_the_request_workers(live_router):
+    """LLM_ROUTER_METRICS_BIND: a process forked by the master serves /metrics on its own
+    port, with the same exact totals as the request port; it goes when the router stops."""
+    from conftest import free_port
+
+    port = free_port()
+    router = live_router(workers=2, env={"LLM_ROUTER_METRICS_BIND": f"127.0.0.1:{port}"})
+    sent = 40
+    for i in range(sent):
+        response = requests.post(f"{router.url}/v1/chat/completions", json=chat_body(),
+                                 headers={"Cache-Control": "no-cache", "X-Tenant-ID": "search"}, timeout=10)
+        assert response.status_code == 200
+    separate = parse_metrics(requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text)
+    inline = scrape(router)
+    assert metric_sum(separate, "llm_router_chat_requests_total", tenant="search") == sent
+    assert metric_sum(separate, "llm_router_chat_requests_total") == metric_sum(inline, "llm_router_chat_requests_total")
+    assert metric_sum(separate, "llm_router_tokens_total") == metric_sum(inline, "llm_router_tokens_total")
+    # The metrics process is not a request worker: its own role, and no HTTP request counted.
+    roles = {dict(labels)["role"] for (name, labels) in separate if name == "llm_router_process_start_time_seconds"}
+    assert roles == {"master", "worker", "metrics"}
+    workers = {dict(labels)["pid"] for (name, labels) in separate
+               if name == "llm_router_process_start_time_seconds" and dict(labels)["role"] == "worker"}
+    assert len(workers) == 2
+    openmetrics = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10,
+                               headers={"Accept": "application/openmetrics-text; version=1.0.0"})
+    assert openmetrics.headers["Content-Type"].startswith("application/openmetrics-text")
+    assert openmetrics.text.rstrip().endswith("# EOF")
+    router.stop()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) != 0:
+                break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("the metrics process outlived the router")
+
+
+def test_one_worker_serves_the_metrics_address_itself_with_exemplars(live_router):
+    """workers=1: no files to merge, the registry is the worker's; the worker serves
+    LLM_ROUTER_METRICS_BIND from a thread, and OpenMetrics there carries trace exemplars."""
+    from conftest import free_port
+
+    port = free_port()
+    router = live_router(workers=1, env={"LLM_ROUTER_METRICS_BIND": f"127.0.0.1:{port}",
+                                         "OTEL_TRACES_EXPORTER": "none"})
+    for _ in range(5):
+        assert requests.post(f"{router.url}/v1/chat/completions", json=chat_body(),
+                             headers={"Cache-Control": "no-cache"}, timeout=10).status_code == 200
+    text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10,
+                        headers={"Accept": "application/openmetrics-text; version=1.0.0"}).text
+    assert metric_sum(parse_metrics(requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text),
+                      "llm_router_chat_requests_total") == 5
+    assert any(line.startswith("llm_router_chat_request_duration_seconds_bucket") and '# {trace_id="' in line
+               for line in text.splitlines())

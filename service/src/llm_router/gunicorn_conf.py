@@ -33,6 +33,15 @@ accesslog = None
 # gunicorn >= 25.1 opens a control socket in $HOME by default; the router needs none.
 control_socket_disable = True
 
+# Process health (telemetry/process.py): the master records its pid here in on_starting, so
+# a worker knows its parent is the gunicorn master; every process of the group keeps its
+# GC counts in the process directory (on /dev/shm when there is one: rewritten at every
+# collection, those pages should never go to disk). Same names as in telemetry/process.py.
+MASTER_PID_ENV = "LLM_ROUTER_MASTER_PID"
+PROCESS_DIR_ENV = "LLM_ROUTER_PROCESS_DIR"
+_shm = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
+os.environ.setdefault(PROCESS_DIR_ENV, str(Path(_shm) / f"llm-router-process-{os.getpid()}"))
+
 if workers > 1:
     os.environ.setdefault(MULTIPROC_ENV, str(Path(tempfile.gettempdir()) / f"llm-router-metrics-{os.getpid()}"))
 else:
@@ -46,7 +55,13 @@ logconfig_dict = gunicorn_logconfig(os.environ.get("OTEL_SERVICE_NAME", "llm-rou
 
 
 def on_starting(server) -> None:
-    """Wipe the multiprocess directory: files from an earlier run would be summed in."""
+    """Wipe the multiprocess directory: files from an earlier run would be summed in.
+
+    Also record the master's pid for the workers (inherited through the environment) and
+    start recording the master's GC counts.
+    """
+    os.environ[MASTER_PID_ENV] = str(os.getpid())
+    _start_process_health(server)
     directory = os.environ.get(MULTIPROC_ENV)
     if not directory:
         return
@@ -57,12 +72,88 @@ def on_starting(server) -> None:
     server.log.info("metrics multiprocess directory ready: %s", path)
 
 
+# LLM_ROUTER_METRICS_BIND (host:port): with several workers, /metrics is also served by a
+# process of its own there (telemetry/metrics_server.py), so scrapes never wait on requests.
+METRICS_BIND_ENV = "LLM_ROUTER_METRICS_BIND"
+_metrics_server: dict[str, int] = {}
+
+
+def when_ready(server) -> None:
+    """Start the metrics process (multiprocess mode only: a single worker's metrics live in
+    its memory, which no other process can read; it serves them on the request port)."""
+    bind = os.environ.get(METRICS_BIND_ENV, "").strip()
+    if not bind:
+        return
+    if not os.environ.get(MULTIPROC_ENV):
+        return  # one worker: it serves the address itself (post_fork)
+    from llm_router.telemetry import metrics_server
+
+    def registry():
+        from llm_router.telemetry import metrics, process
+
+        process.record_gc(os.environ[PROCESS_DIR_ENV], role="metrics")
+        return metrics.exposition_registry()
+
+    try:
+        _metrics_server["pid"] = metrics_server.start(bind, registry, server.log.info)
+    except (OSError, ValueError) as error:
+        # The request port still serves /metrics: degrade, and say so loudly.
+        server.log.error("metrics server not started on %s: %s", bind, error)
+
+
+def _start_process_health(server) -> None:
+    from llm_router.telemetry import process
+
+    directory = os.environ.get(PROCESS_DIR_ENV)
+    if not directory:
+        return
+    try:
+        process.prepare_directory(directory)
+    except OSError as error:
+        server.log.warning("process health directory %s unusable, no GC counts: %s", directory, error)
+        return
+    process.record_gc(directory)
+
+
+def post_fork(server, worker) -> None:
+    """Each worker records its own GC counts (the master's recorder stops in the child)."""
+    from llm_router.telemetry import process
+
+    if os.environ.get(PROCESS_DIR_ENV):
+        process.record_gc(os.environ[PROCESS_DIR_ENV])  # never raises: no GC counts at worst
+    bind = os.environ.get(METRICS_BIND_ENV, "").strip()
+    if bind and not os.environ.get(MULTIPROC_ENV):
+        from llm_router.telemetry import metrics, metrics_server
+
+        try:
+            metrics_server.serve_in_thread(bind, metrics.exposition_registry())
+        except (OSError, ValueError) as error:
+            server.log.error("metrics not served on %s: %s", bind, error)
+
+
 def child_exit(server, worker) -> None:
-    """Drop a dead worker's live gauges (its counters stay summed in)."""
+    """Drop a dead worker's live gauges (its counters stay summed in) and its GC file."""
+    from llm_router.telemetry import process
+
+    if os.environ.get(PROCESS_DIR_ENV):
+        process.forget(os.environ[PROCESS_DIR_ENV], worker.pid)
     if os.environ.get(MULTIPROC_ENV):
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server) -> None:
+    """Stop the metrics process; remove the master's GC file, and the process directory
+    once it is empty."""
+    from llm_router.telemetry import metrics_server, process
+
+    pid = _metrics_server.pop("pid", None)
+    metrics_server.stop(pid)
+    if pid and os.environ.get(PROCESS_DIR_ENV):
+        process.forget(os.environ[PROCESS_DIR_ENV], pid)
+    if os.environ.get(PROCESS_DIR_ENV):
+        process.remove_directory(os.environ[PROCESS_DIR_ENV])
 
 
 def worker_exit(server, worker) -> None:
@@ -72,9 +163,14 @@ def worker_exit(server, worker) -> None:
     down that would hold a graceful stop for tens of seconds. The flush runs on a daemon
     thread instead, and the worker leaves when the budget is spent.
     """
+    from llm_router.telemetry.tracing import flush_dropped_spans
     from llm_router.wsgi import app
 
-    provider = app.extensions["llm_router"].tracer_provider
+    services = app.extensions["llm_router"]
+    prober = getattr(services, "prober", None)
+    if prober is not None:
+        prober.stop(timeout=1)
+    provider = services.tracer_provider
     if provider is None:
         return
     flush = threading.Thread(target=provider.shutdown, name="span-flush", daemon=True)
@@ -82,3 +178,4 @@ def worker_exit(server, worker) -> None:
     flush.join(SPAN_FLUSH_SECONDS)
     if flush.is_alive():
         server.log.warning("span flush did not finish in %.1fs; unsent spans dropped", SPAN_FLUSH_SECONDS)
+    flush_dropped_spans()
