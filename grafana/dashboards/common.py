@@ -29,6 +29,7 @@ from grafanalib import core as g
 CONFIG = yaml.safe_load((Path(__file__).resolve().parents[2] / "prometheus" / "config.yaml").read_text())
 UIDS: dict[str, str] = CONFIG["dashboards"]
 SLO = CONFIG["slo"]
+APDEX = SLO["apdex"]
 THRESHOLDS = CONFIG["thresholds"]
 SELECTORS: dict[str, str] = CONFIG["selectors"]
 
@@ -101,10 +102,32 @@ class LokiTarget:
                 "queryType": self.queryType, "refId": self.refId}
 
 
-def prom(expr: str, legend: str = "", *, instant=False, table=False, exemplar=False) -> PromTarget:
-    """A Prometheus query; table=True asks for one instant row per series."""
+def prom(expr: str, legend: str = "", *, instant=False, table=False, exemplar=False, interval="") -> PromTarget:
+    """A Prometheus query; table=True asks for one instant row per series; interval is the
+    smallest step Grafana may use for it (e.g. "1h" for hourly figures)."""
     return PromTarget(expr=textwrap.dedent(expr).strip(), legendFormat=legend, instant=instant or table,
-                      format="table" if table else "time_series", exemplar=exemplar, datasource=PROMETHEUS)
+                      format="table" if table else "time_series", exemplar=exemplar, datasource=PROMETHEUS,
+                      interval=interval)
+
+
+def le(seconds: float) -> str:
+    """A matcher for one bucket of a histogram: le="5" or "5.0" (prometheus_client writes the
+    latter; other clients and Prometheus 3's normalisation may differ), like the rules."""
+    text = f"{seconds:g}"
+    return f'le=~"{text}(\\\\.0)?"' if "." not in text else f'le="{text}"'
+
+
+def apdex(metric: str, *matchers: str, by: str = "", **variables: bool) -> str:
+    """The Apdex score of a latency histogram over $__rate_interval, with the thresholds of
+    prometheus/config.yaml slo.apdex (the same formula as the recording rules): (answers
+    within T + answers within 4T) / 2 / answers; no value, not NaN, without answers."""
+    total = f"sum by ({by}) " if by else "sum"
+
+    def bucket(seconds: float) -> str:
+        return f"{total}(rate({metric}_bucket{router(*matchers, le(seconds), **variables)}[{RATE}]))"
+
+    return (f"(\n  {bucket(APDEX['satisfied_seconds'])}\n  +\n  {bucket(APDEX['tolerating_seconds'])}\n)\n/ 2\n/\n"
+            f"({total}(rate({metric}_count{router(*matchers, **variables)}[{RATE}])) > 0)")
 
 
 def loki(expr: str, legend: str = "") -> LokiTarget:
@@ -225,12 +248,19 @@ def table(title, targets, *, unit, description, w=12, h=8, transformations=(), s
                    sortBy=[g.TableSortByField(displayName=sort_by, desc=True)] if sort_by else [])
 
 
-def heatmap(title, targets, *, unit, description, cell_unit="reqps", w=12, h=8, links=(),
+def heatmap(title, targets, *, unit, description, cell_unit="reqps", w=12, h=8, links=(), rows=False,
             explore=False) -> g.Heatmap:
-    """Histogram buckets over time: `unit` is the bucket axis, `cell_unit` the colour scale."""
-    targets = [attr.evolve(t, format="heatmap") for t in targets]
+    """Histogram buckets over time: `unit` is the bucket axis, `cell_unit` the colour scale.
+    rows=True: each series is a row of its own, labelled by its legend, in the order Prometheus
+    returns them (a range query's series are sorted by their labels); for buckets that are not
+    a cumulative `le` histogram, e.g. hours of the day."""
+    if not rows:
+        targets = [attr.evolve(t, format="heatmap") for t in targets]
+    options = {"cellValues": {"unit": cell_unit}}
+    if rows:
+        options["rowsFrame"] = {"layout": "unknown"}  # a row's label is its name, not a bucket bound
     return g.Heatmap(**_common(title, targets, unit, description, w, h, links, explore), dataFormat="tsbuckets",
-                     yAxis=g.YAxis(format=unit), options={"cellValues": {"unit": cell_unit}},
+                     yAxis=g.YAxis(format=unit), options=options,
                      extraJson={"fieldConfig": {"defaults": {"unit": unit}}})
 
 

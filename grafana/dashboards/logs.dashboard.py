@@ -22,8 +22,9 @@ TRACES = [
 trace_links = [explore(title, JAEGER, [{"queryType": "search", "service": "llm-router", "limit": 20, **query}])
                for title, _, query in TRACES]
 TRACES_TEXT = "\n".join([
-    "Traces of the router (`llm-router`): a server span per request, then `route`, `cache lookup` and one",
-    "`chat {model}` span per backend attempt, with OpenTelemetry GenAI attributes.",
+    "Traces of the router (`llm-router`): a server span per request (carrying the routing decision and the",
+    "cache result as attributes), then one `chat {model}` span per backend attempt, with OpenTelemetry GenAI",
+    "attributes.",
     "",
     *(f"- [{link.title}]({link.uri}): {what}" for link, (_, what, _) in zip(trace_links, TRACES)),
     "",

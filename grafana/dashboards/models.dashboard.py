@@ -1,6 +1,6 @@
-"""Models and backends: traffic, latency, tokens and the resilience machinery per model."""
+"""Models and backends: traffic, latency, quality, tokens, the resilience machinery and health probes per model."""
 
-from common import (RATE, SLO, THRESHOLDS, dashboard, heatmap, prom, router, row, stat, steps, timeseries,
+from common import (APDEX, RATE, SLO, THRESHOLDS, dashboard, heatmap, prom, router, row, stat, steps, timeseries,
                     value_map)
 
 SLOW = SLO["latency"]["threshold_seconds"]
@@ -9,6 +9,8 @@ RULES = router(model=True, instance=False)  # the model: recording rules keep on
 OUTPUT = router('type="output"', model=True)
 FAILED = router('outcome!="success"', model=True)
 FROM = router('from_model=~"$model"')  # fallbacks have from_model/to_model, not model
+FEEDBACK = router(tenant=True, model=True)
+POSITIVE_FLOOR = THRESHOLDS["feedback_positive_ratio"]
 
 
 def rule(name: str, legend: str):
@@ -25,8 +27,9 @@ def per_model(expr: str):
     return prom(expr, "{{model}}")
 
 
-dashboard = dashboard("models", "Per model: traffic, latency, time to first token, tokens, backend errors, circuit "
-                                "breakers, fallbacks, retries, queues and the router's own overhead.", [
+dashboard = dashboard("models", "Per model: traffic, latency, time to first token, quality (Apdex, user feedback, "
+                                "finish reasons), tokens, backend errors, circuit breakers, fallbacks, retries, "
+                                "queues, health probes, load times and the router's own overhead.", [
     row("Traffic and errors"),
     timeseries("Chat requests by model", [per_model(
         f"sum by (model) (rate(llm_router_chat_requests_total{router(tenant=True, model=True)}[{RATE}]))")],
@@ -68,6 +71,43 @@ dashboard = dashboard("models", "Per model: traffic, latency, time to first toke
                unit="s", w=8,
                description="Time the router adds to a successful chat request beyond its backend calls (a cache "
                            "hit's whole duration counts). All models: the histogram has no model label."),
+
+    row("Quality: satisfaction, feedback and finish reasons"),
+    timeseries("Apdex by model", [rule("llm_router_apdex:ratio_rate5m", "{{model}}")], unit="short",
+               thresholds=steps("green", (APDEX["floor"], "orange")), explore=True,
+               description=f"Apdex over 5 minutes (recording rule): (answers within {APDEX['satisfied_seconds']:g} s "
+                           f"+ half of those within {APDEX['tolerating_seconds']:g} s) / answers, from each model's "
+                           "end-to-end latency of answered chat requests. 1 is every user satisfied, 0 every user "
+                           f"frustrated. Dashed: the floor of the per-tenant ApdexLow alert ({APDEX['floor']:g})."),
+    timeseries("Positive feedback ratio by model", [rule("llm_router_feedback_positive:ratio_rate1h", "{{model}}")],
+               unit="percentunit", thresholds=steps("green", (POSITIVE_FLOOR, "orange")), explore=True,
+               description="Share of the last hour's feedback (POST /v1/feedback) on each model that is positive "
+                           "(a score of 0.5 or more; recording rule); no line without feedback. Dashed: the "
+                           f"FeedbackPositiveRatioLow floor ({POSITIVE_FLOOR:.0%}, which also needs at least "
+                           f"{THRESHOLDS['feedback_min_per_hour']:g} ratings an hour)."),
+    timeseries("Feedback per hour by model", [prom(
+        f"sum by (model, rating) (rate(llm_router_feedback_total{FEEDBACK}[{RATE}])) * 3600", "{{model}} {{rating}}")],
+        unit="short", w=8, stack=True,
+        description="Feedback received per hour at the current rate, by the model that answered the rated "
+                    "request and the rating (positive: score of 0.5 or more), for the selected tenants."),
+    heatmap("Feedback score distribution", [prom(
+        f"sum by (le) (rate(llm_router_feedback_score_bucket{MODEL}[{RATE}]))", "{{le}}")],
+        unit="short", cell_unit="ops", w=8,
+        description="Feedback scores (0 to 1: thumbs down is 0, thumbs up 1) per second in each score bucket, for "
+                    "the selected models. Scores piling up at 0 are outright rejections; a spread to the middle "
+                    "is lukewarm answers."),
+    timeseries("Finish reasons by model", [prom(
+        f"sum by (model, reason) (rate(llm_router_finish_reasons_total{MODEL}[{RATE}]))", "{{model}} {{reason}}")],
+        unit="reqps", w=8, stack=True, explore=True,
+        description="How each chat request that got past validation ended, per second: stop (complete answer), "
+                    "length (cut at max_tokens), content_filter, tool_calls, error (5xx, 429, a stream failed "
+                    "mid-way), cancelled (the client left), other."),
+    timeseries("Finish reason shares by model", [prom(
+        f"model_reason:llm_router_finish_reasons:ratio_rate5m{RULES}", "{{model}} {{reason}}")],
+        unit="percentunit", w=24,
+        description="Each finish reason's share of a model's chat requests over 5 minutes (recording rule). "
+                    "Rising length means truncated answers, content_filter filtered ones: both lower user "
+                    "satisfaction without any error."),
 
     row("Tokens"),
     timeseries("Tokens per second by model", [prom(
@@ -114,4 +154,22 @@ dashboard = dashboard("models", "Per model: traffic, latency, time to first toke
                unit="short", w=8,
                description="Backend calls in progress, summed over workers and instances (the limit is the "
                            "model's max_concurrency per worker)."),
+    stat("Backend health probes", [per_model(f"min by (model) (llm_router_backend_up{MODEL})")],
+         unit="none", w=24, h=4, graph=False, text_mode="value_and_name", color_mode="background",
+         thresholds=steps("red", (1, "green")),
+         mappings=[value_map(("0", "down", "red"), ("1", "up", "green"))],
+         description="Whether the last health probe of each model's backend succeeded, the worst live worker "
+                     "(each process probes every backend in the background)."),
+    timeseries("Health probe duration p95 by model", [quantile(
+        0.95, "llm_router_backend_probe_duration_seconds", "model", legend="{{model}}")], unit="s",
+        description="95th percentile duration of the backends' health probes (successful and failed), by model. "
+                    "A probe slower than its timeout fails."),
+    timeseries("Model and config load time", [
+        quantile(0.95, "llm_router_model_load_duration_seconds", "model", legend="{{model}} p95"),
+        quantile(0.95, "llm_router_config_load_duration_seconds", selector=router(), legend="whole configuration p95"),
+    ], unit="s",
+        description="How long building each model's backend took, and loading and validating the whole "
+                    "configuration and building the app, when a process started or reloaded (95th percentile "
+                    "over the rate interval). Points appear only around (re)loads: no line in between is "
+                    "normal."),
 ])

@@ -1,7 +1,7 @@
-"""Overview: is the router healthy? Traffic, errors, latency, SLOs and firing alerts."""
+"""Overview: is the router healthy? Traffic, errors, latency, SLOs, Apdex, its processes and firing alerts."""
 
-from common import (ALERTMANAGER, CONFIG, PROMETHEUS, RATE, SLO, dashboard, explore, g, prom, router, row, share,
-                    stat, steps, table, timeseries)
+from common import (ALERTMANAGER, APDEX, CONFIG, PROMETHEUS, RATE, SLO, apdex, dashboard, explore, g, prom, router,
+                    row, share, stat, steps, table, timeseries)
 
 AVAILABILITY, LATENCY = SLO["availability"]["target"], SLO["latency"]["target"]
 SLOW = SLO["latency"]["threshold_seconds"]
@@ -15,6 +15,16 @@ error_ratio = share(
     f"sum(rate(llm_router_chat_requests_total{router(VALID, tenant=True, model=True)}[{RATE}]))",
 )
 latency = f"llm_router_chat_request_duration_seconds_bucket{router(model=True)}"
+
+
+# Apdex of every answered chat request (the chat histogram: filtered by model, not tenant).
+APDEX_EXPR = apdex("llm_router_chat_request_duration_seconds", model=True)
+APDEX_STEPS = steps("red", (0.5, "orange"), (APDEX["floor"], "yellow"), (0.85, "green"))  # Apdex's usual bands
+APDEX_TEXT = (f"Apdex of answered chat requests: (answers within {APDEX['satisfied_seconds']:g} s + half of those "
+              f"within {APDEX['tolerating_seconds']:g} s) / answers; 1 is every user satisfied, 0.5 every user "
+              "tolerating, 0 every user frustrated. Errors are not in it (see the error ratio).")
+PROCESS = router()  # llm_router_process_*: one series per serving process (labels pid and role)
+BY_PROCESS = "{{role}} {{pid}}"
 
 
 def quantile(q: float) -> str:
@@ -44,7 +54,8 @@ alert_links = [
                     icon="bolt", tooltip="Grafana's alerting view of the Alertmanager datasource", targetBlank=True),
 ]
 
-dashboard = dashboard("overview", "Is the LLM router healthy: traffic, errors, latency, SLOs and firing alerts.", [
+dashboard = dashboard("overview", "Is the LLM router healthy: traffic, errors, latency, SLOs, user satisfaction "
+                                  "(Apdex), its serving processes and firing alerts.", [
     row("Now"),
     stat("Chat requests", [prom(f"sum(rate({chat}[{RATE}]))")], unit="reqps", w=5,
          description="Chat completion requests per second, every status code, for the selected tenants, models "
@@ -88,6 +99,16 @@ dashboard = dashboard("overview", "Is the LLM router healthy: traffic, errors, l
                description=f"Share of requests slower than {SLOW} s divided by the latency budget. Dashed lines: "
                            "the burn rates of the LatencyBudgetBurnFast/Slow alerts."),
 
+    row("User satisfaction (Apdex)"),
+    stat("Apdex", [prom(APDEX_EXPR)], unit="short", decimals=2, w=6, h=8, thresholds=APDEX_STEPS,
+         description=f"{APDEX_TEXT} For the selected models and instances, over the rate interval. Red below 0.5 "
+                     f"(poor), orange below the ApdexLow floor ({APDEX['floor']:g}), yellow below 0.85, green "
+                     "from 0.85 (good). The alert itself is per tenant over 1 hour (Tenants dashboard)."),
+    timeseries("Apdex", [prom(APDEX_EXPR, "Apdex")], unit="short", w=18,
+               thresholds=steps("green", (APDEX["floor"], "orange")), explore=True,
+               description=f"{APDEX_TEXT} Dashed: the ApdexLow floor ({APDEX['floor']:g}; that alert reads each "
+                           "tenant's 1-hour score)."),
+
     row("Traffic"),
     timeseries("Chat requests by status code", [prom(f"sum by (code) (rate({chat}[{RATE}]))", "{{code}}")],
                unit="reqps", stack=True, explore=True,
@@ -109,6 +130,34 @@ dashboard = dashboard("overview", "Is the LLM router healthy: traffic, errors, l
     ], unit="short",
         description="Concurrency now: HTTP requests being served, backend calls running, and requests waiting for "
                     "a free backend slot (a growing queue means saturation)."),
+
+    row("Router processes"),
+    timeseries("Resident memory", [prom(f"llm_router_process_resident_memory_bytes{PROCESS}", BY_PROCESS)],
+               unit="bytes", w=8,
+               description="Resident memory (RSS) of each serving process: the gunicorn master and every live "
+                           "worker (role single: the router outside gunicorn). A steady climb is a leak; a worker "
+                           "restarted by gunicorn appears with a new pid."),
+    timeseries("CPU", [prom(f"rate(llm_router_process_cpu_seconds_total{PROCESS}[{RATE}])", BY_PROCESS)],
+               unit="percentunit", w=8,
+               description="CPU time (user and system) of each serving process per second: 100% is one core. "
+                           "Workers near 100% are CPU-bound (Python runs one core per process)."),
+    timeseries("Open file descriptors (share of the limit)", [prom(
+        f"llm_router_process_open_fds{PROCESS}\n/\nllm_router_process_max_fds{PROCESS}", BY_PROCESS)],
+        unit="percentunit", w=8, thresholds=steps("green", (0.8, "orange")),
+        description="Open file descriptors of each serving process over its soft limit (sockets, files, the "
+                    "multiprocess metric files). At 100% the process cannot accept connections. Dashed: 80%."),
+    timeseries("Threads", [prom(f"llm_router_process_threads{PROCESS}", BY_PROCESS)], unit="short", w=8,
+               description="OS threads of each serving process (gunicorn's worker threads, the health-probe and "
+                           "exporter threads)."),
+    stat("Uptime", [prom(f"time() - llm_router_process_start_time_seconds{PROCESS}", BY_PROCESS)], unit="s",
+         w=8, h=8, graph=False, text_mode="value_and_name",
+         description="Time since each serving process started. A worker much younger than the master was "
+                     "restarted (a crash, a timeout kill or max_requests)."),
+    timeseries("Garbage collections", [prom(
+        f"sum by (role, pid, generation) (rate(llm_router_process_gc_collections_total{PROCESS}[{RATE}]))",
+        "{{role}} {{pid}} gen {{generation}}")], unit="ops", w=8,
+        description="Python garbage-collector runs per second, by process and generation. Frequent generation-2 "
+                    "collections cost latency (they walk every object)."),
 
     row("Alerts"),
     table("Firing alerts", [prom(f"count by (alertname, severity) ({firing()})", table=True)],

@@ -547,7 +547,7 @@ def test_variables_expand_to_promql():
 
 @functools.cache
 def known_metrics() -> tuple[frozenset, frozenset, frozenset]:
-    from llm_router.telemetry import metrics
+    from llm_router.telemetry import metrics, process
 
     suffixes = {"counter": ("_total",), "histogram": ("_bucket", "_count", "_sum"), "summary": ("", "_count", "_sum"),
                 "info": ("_info",)}
@@ -556,6 +556,8 @@ def known_metrics() -> tuple[frozenset, frozenset, frozenset]:
         name = getattr(value, "_name", None)
         if isinstance(name, str) and name.startswith("llm_router_"):
             router |= {name + suffix for suffix in suffixes.get(getattr(value, "_type", ""), ("",))}
+    # llm_router_process_*: a custom collector's families (telemetry/process.py), named as queried.
+    router |= {spec.name for spec in process.METRICS}
     stack = set(yaml.safe_load((REPO / "prometheus" / "stack-metrics.yaml").read_text())["metrics"])
     records = {rule["record"] for path in sorted((REPO / "prometheus" / "rules").glob("*.yml"))
                for group in yaml.safe_load(path.read_text())["groups"] for rule in group["rules"] if "record" in rule}

@@ -33,6 +33,38 @@ def test_generated_rules_are_current():
     run(sys.executable, PROM / "generate.py", "--check")
 
 
+def _generator():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("prometheus_generate", PROM / "generate.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_latency_thresholds_must_be_bucket_boundaries_of_both_latency_histograms():
+    import copy
+
+    generate = _generator()
+    buckets = {name: generate.histogram_buckets(name) for name in generate.LATENCY_HISTOGRAMS}
+    assert set(buckets) == {"llm_router_chat_request_duration_seconds", "llm_router_tenant_request_duration_seconds"}
+    generate.check_thresholds(CONFIG, buckets)  # the shipped configuration
+    for path, value, culprit in (
+        (("latency", "threshold_seconds"), 7.5, "llm_router_tenant_request_duration_seconds"),  # chat only
+        (("apdex", "satisfied_seconds"), 4, "llm_router_chat_request_duration_seconds"),
+        (("apdex", "tolerating_seconds"), 25, "llm_router_tenant_request_duration_seconds"),
+    ):
+        config = copy.deepcopy(CONFIG)
+        config["slo"][path[0]][path[1]] = value
+        expected = f"slo.{path[0]}.{path[1]} = {value} is not a bucket boundary of {culprit}"
+        with pytest.raises(ValueError, match=expected):
+            generate.check_thresholds(config, buckets)
+    config = copy.deepcopy(CONFIG)
+    config["slo"]["apdex"]["satisfied_seconds"] = config["slo"]["apdex"]["tolerating_seconds"]
+    with pytest.raises(ValueError, match="must be below"):
+        generate.check_thresholds(config, buckets)
+
+
 def test_config_and_rules_pass_promtool_with_every_lint(promtool):
     run(promtool, "check", "config", "--lint=all", "--lint-fatal", PROM / "prometheus.yml")
     run(promtool, "check", "rules", "--lint=all", "--lint-fatal", *RULE_FILES)
