@@ -1,4 +1,5 @@
-"""`llm-router`: run the router, check a configuration file, or run the local alert sink."""
+"""`llm-router`: run the router, check a configuration file, run the local alert sink, or
+summarise a time range from Prometheus."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import os
 import sys
 
 from .config import ConfigError, load_config
+from .report import add_arguments as add_report_arguments
+from .report import run as run_report
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -18,6 +21,12 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("path", nargs="?", help="defaults to $LLM_ROUTER_CONFIG, then service/config/router.yaml")
     sink = commands.add_parser("alert-sink", help="run the local Alertmanager webhook sink under gunicorn")
     sink.add_argument("gunicorn_args", nargs=argparse.REMAINDER, help="extra gunicorn arguments")
+    report = commands.add_parser(
+        "report", help="summarise a time range from Prometheus (traffic, errors, latency, cost, Apdex...)",
+        description="Summarise a time range from Prometheus' HTTP API; counts and costs are exact. "
+                    "See docs/report.md.",
+    )
+    add_report_arguments(report)
     args = parser.parse_args(argv)
 
     if args.command == "check-config":
@@ -28,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         print(f"ok: {len(config.models)} models, {len(config.tenants)} tenants")
         return 0
+    if args.command == "report":
+        return run_report(args, report)
     if args.command == "alert-sink":
         return _alert_sink(args.gunicorn_args)
     try:
