@@ -66,9 +66,11 @@ def make_app(tmp_path):
         return app
 
     yield build
-    # Each app probes its backends on a thread of its own: stop them with the test.
+    # Each app probes its backends and stores its answers on threads of its own: stop them
+    # with the test.
     for app in built:
         app.extensions["llm_router"].prober.stop(timeout=5)
+        app.extensions["llm_router"].responses.close()
 
 
 @pytest.fixture

@@ -256,29 +256,60 @@ def test_answers_older_than_the_retention_are_not_found(make_app):
     assert_openai_error(response, 404, "response_not_found")
 
 
-def test_pruning_is_periodic_and_bounded(tmp_path):
+def test_answers_are_stored_in_batches_and_pruned_periodically(tmp_path):
     from llm_router.state import ResponseLog, StateStore
 
     store = StateStore(tmp_path / "state")
     now = [0.0]
-    log = ResponseLog(store, retention_hours=1, clock=lambda: now[0])
+    # A writer period far away: this test decides when the buffer is stored.
+    log = ResponseLog(store, retention_hours=1, clock=lambda: now[0], flush_seconds=3600)
+    log.wait_seconds = 0
 
     def rows() -> int:
         return store._connect().execute("SELECT COUNT(*) FROM responses").fetchone()[0]
 
-    log.record("a", "search", "sim-fast")  # the first record prunes (nothing yet)
-    now[0] = 3600 + 10  # "a" is now past the retention...
-    log.record("b", "search", "sim-fast")  # ...and this record prunes it: the last prune was 3610 s ago
-    assert rows() == 1
+    log.record("a", "search", "sim-fast")
+    log.record("a2", "search", "sim-fast")
+    assert rows() == 0, "recording only buffers"
+    assert log.flush() == 2 and rows() == 2  # one transaction; the first flush prunes (nothing yet)
+    now[0] = 3600 + 10  # "a" and "a2" are now past the retention...
+    log.record("b", "search", "sim-fast")
+    assert log.flush() == 1 and rows() == 1  # ...and this flush prunes them: the last prune was 3610 s ago
     now[0] += 3600 + 10  # "b" expired
     log.record("c", "search", "sim-fast")
+    log.flush()
     assert rows() == 1
     now[0] += 30  # within a minute of the last prune: no DELETE, even though "c" is kept anyway
     log.record("d", "search", "sim-fast")
+    log.flush()
     assert rows() == 2
     now[0] += 3600 + 10
     assert log.prune() == 2 and rows() == 0
     assert log.rate("d", "search", 1.0) == ("unknown", None)
+    # Feedback finds this process's own buffered answer at once: rate() stores the buffer first.
+    log.record("e", "search", "sim-fast")
+    assert log.rate("e", "search", 1.0) == ("rated", "sim-fast")
+    log.record("f", "search", "sim-fast")
+    log.close()  # a stopping worker stores what is left
+    assert store._connect().execute("SELECT COUNT(*) FROM responses WHERE request_id = 'f'").fetchone()[0] == 1
+
+
+def test_feedback_waits_for_another_workers_writer(tmp_path):
+    """Two processes' logs on one store: an answer still in the other's buffer is found once
+    that writer stores it, within the wait."""
+    import threading
+
+    from llm_router.state import ResponseLog, StateStore
+
+    store = StateStore(tmp_path / "state")
+    other = ResponseLog(store, retention_hours=1, flush_seconds=3600)
+    this = ResponseLog(StateStore(tmp_path / "state"), retention_hours=1, flush_seconds=0.05)
+    this.wait_seconds = 10  # generous: the timer below decides when the answer lands
+    other.record("r1", "search", "sim-coder")
+    threading.Timer(0.2, other.flush).start()
+    assert this.rate("r1", "search", 0.0) == ("rated", "sim-coder")
+    this.wait_seconds = 0.1
+    assert this.rate("never-answered", "search", 0.0) == ("unknown", None)
 
 
 def test_feedback_config_is_validated():

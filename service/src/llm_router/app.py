@@ -261,7 +261,7 @@ def _finish_chat(state: Services, record: RequestRecord, seconds: float) -> None
     if record.code == 200:
         if record.cache != "hit":
             state.budgets.charge(record.tenant, record.cost_usd)
-        # So feedback can name this answer, on any worker (one INSERT; state.ResponseLog).
+        # So feedback can name this answer, on any worker (buffered, stored in batches: state.ResponseLog).
         state.responses.record(record.request_id, record.tenant, record.model)
     if not state.telemetry.metrics:
         return

@@ -170,6 +170,7 @@ def worker_exit(server, worker) -> None:
     prober = getattr(services, "prober", None)
     if prober is not None:
         prober.stop(timeout=1)
+    services.responses.close()  # answers still buffered, so feedback can find them
     provider = services.tracer_provider
     if provider is None:
         return

@@ -9,6 +9,7 @@ the spend survives restarts when the directory is on a volume.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sqlite3
 import tempfile
@@ -18,6 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 STATE_DIR_ENV = "LLM_ROUTER_STATE_DIR"
+_log = logging.getLogger(__name__)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS spend (
@@ -110,12 +112,23 @@ class StateStore:
     # --- answered requests and their feedback ------------------------------------------
 
     def add_response(self, request_id: str, tenant: str, model: str, created: float) -> None:
-        """Remember an answered request (one statement). A reused id keeps its first answer."""
-        self._connect().execute(
-            "INSERT INTO responses (request_id, tenant, model, created) VALUES (?, ?, ?, ?) "
-            "ON CONFLICT (request_id, tenant) DO NOTHING",
-            (request_id, tenant, model, created),
-        )
+        """Remember an answered request. A reused id keeps its first answer."""
+        self.add_responses([(request_id, tenant, model, created)])
+
+    def add_responses(self, rows: list[tuple[str, str, str, float]]) -> None:
+        """Remember answered requests (request_id, tenant, model, created), in one transaction."""
+        db = self._connect()
+        db.execute("BEGIN")
+        try:
+            db.executemany(
+                "INSERT INTO responses (request_id, tenant, model, created) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (request_id, tenant) DO NOTHING",
+                rows,
+            )
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
 
     def prune_responses(self, before: float) -> int:
         return self._connect().execute("DELETE FROM responses WHERE created < ?", (before,)).rowcount
@@ -144,35 +157,88 @@ class StateStore:
 class ResponseLog:
     """The answered requests that can still be rated, pruned by age.
 
-    Recording costs one INSERT per answered request. Pruning is a DELETE on an indexed
-    column, run at most once per ``PRUNE_EVERY_SECONDS`` per process, never per request.
+    Answers are written in batches: ``record`` only appends to this process's buffer, and
+    a writer thread stores the buffer in one transaction every ``flush_seconds``. A commit
+    per answer cost more than the rest of a simulated request put together (random keys
+    dirty several pages per commit). The price: an answer reaches the shared store up to
+    ``flush_seconds`` after it was sent, so feedback on an id not found yet waits (at most
+    ``WAIT_FLUSHES`` writer periods) for the other workers' writers before it is a 404.
+    Pruning is a DELETE on an indexed column, at most once per ``PRUNE_EVERY_SECONDS``.
     """
 
+    FLUSH_SECONDS = 0.05
+    WAIT_FLUSHES = 10
     PRUNE_EVERY_SECONDS = 60.0
 
-    def __init__(self, store: StateStore, retention_hours: float, clock=time.time) -> None:
+    def __init__(self, store: StateStore, retention_hours: float, clock=time.time,
+                 flush_seconds: float = FLUSH_SECONDS) -> None:
         self.store = store
         self.retention_seconds = retention_hours * 3600
         self.clock = clock
-        self._lock = threading.Lock()
-        self._pruned_at = float("-inf")  # the first answer after start prunes what expired meanwhile
+        self.flush_seconds = flush_seconds
+        self._pending: list[tuple[str, str, str, float]] = []
+        self._pending_lock = threading.Lock()
+        self._flush_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._writer: threading.Thread | None = None
+        self._pruned_at = float("-inf")  # the first flush after start prunes what expired meanwhile
+        # How long feedback on an id not found yet waits for the other workers' writers.
+        self.wait_seconds = self.WAIT_FLUSHES * flush_seconds
 
     def record(self, request_id: str, tenant: str, model: str) -> None:
-        now = self.clock()
-        self.store.add_response(request_id, tenant, model, now)
-        if now - self._pruned_at >= self.PRUNE_EVERY_SECONDS:
-            self.prune(now)
+        with self._pending_lock:
+            self._pending.append((request_id, tenant, model, self.clock()))
+            if self._writer is None:
+                # Started on first use, in the process that serves (after gunicorn's fork).
+                self._writer = threading.Thread(target=self._run, name="response-log", daemon=True)
+                self._writer.start()
+
+    def flush(self) -> int:
+        """Store the buffered answers now; returns how many."""
+        with self._flush_lock:
+            with self._pending_lock:
+                rows, self._pending = self._pending, []
+            if rows:
+                try:
+                    self.store.add_responses(rows)
+                except Exception:
+                    with self._pending_lock:  # keep them for the next attempt
+                        self._pending[:0] = rows
+                    raise
+            now = self.clock()
+            if now - self._pruned_at >= self.PRUNE_EVERY_SECONDS:
+                self._pruned_at = now
+                self.store.prune_responses(now - self.retention_seconds)
+            return len(rows)
 
     def prune(self, now: float | None = None) -> int:
         now = self.clock() if now is None else now
-        # Non-blocking: a thread that finds another one pruning just carries on.
-        if not self._lock.acquire(blocking=False):
-            return 0
-        try:
+        with self._flush_lock:
             self._pruned_at = now
             return self.store.prune_responses(now - self.retention_seconds)
-        finally:
-            self._lock.release()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.flush_seconds):
+            try:
+                self.flush()
+            except Exception:  # noqa: BLE001 (a locked or full database: retried next period)
+                _log.exception("storing answered requests failed; retrying")
+
+    def close(self) -> None:
+        """Stop the writer and store what is left (a stopping worker's last flush)."""
+        self._stop.set()
+        if self._writer is not None:
+            self._writer.join(5)
+        try:
+            self.flush()
+        except Exception:  # noqa: BLE001
+            _log.exception("storing answered requests at exit failed")
 
     def rate(self, request_id: str, tenant: str, score: float) -> tuple[str, str | None]:
-        return self.store.rate_response(request_id, tenant, score, self.clock() - self.retention_seconds)
+        self.flush()  # this process's own answers are found at once
+        deadline = time.monotonic() + self.wait_seconds
+        while True:
+            outcome = self.store.rate_response(request_id, tenant, score, self.clock() - self.retention_seconds)
+            if outcome[0] != "unknown" or time.monotonic() >= deadline:
+                return outcome
+            time.sleep(self.flush_seconds / 2)  # another worker's answer may be in its buffer
