@@ -105,9 +105,9 @@ def _exporter() -> SpanExporter | None:
         return ConsoleSpanExporter()
     if kind != "otlp":
         raise ValueError(f"OTEL_TRACES_EXPORTER={kind!r} is not supported (otlp, console, none)")
-    from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+    from .otlp import otlp_http_exporter
 
-    return OTLPSpanExporter()
+    return otlp_http_exporter()
 
 
 def build_tracer_provider(service: str, exporter: SpanExporter | None = None) -> TracerProvider | None:
