@@ -57,7 +57,11 @@ def throughput(args, work: Path, sink: TraceSink) -> dict:
                 sink_before = sink.requests
                 if args.warmup > 0:
                     load.run_wrk(router.url, args.warmup)
+                cpu_before = router.cpu_seconds()
                 result = load.run_wrk(router.url, args.duration)
+                # CPU per request: the router's own cost, much steadier than throughput on a
+                # machine whose neighbours (or the load client) take CPU away at random.
+                result["cpu_us_per_request"] = (router.cpu_seconds() - cpu_before) / max(1, result["requests"]) * 1e6
                 result["rss_start"], result["rss_end"] = rss_start, router.worker_rss_mib()
             finally:
                 result_stop = router.stop()
@@ -66,12 +70,14 @@ def throughput(args, work: Path, sink: TraceSink) -> dict:
             result["stop_s"] = result_stop
             result["round"] = rnd
             runs[name].append(result)
-            log(f"round {rnd} {name:20s} {result['rps']:8.1f} req/s  failed {result['failed']}  "
-                f"stop {result_stop:.2f}s")
+            log(f"round {rnd} {name:20s} {result['rps']:8.1f} req/s  {result['cpu_us_per_request']:6.0f} µs CPU/req  "
+                f"failed {result['failed']}  stop {result_stop:.2f}s")
     # Ratio to `off` within each round, then the median over rounds.
     for name in CONFIGS:
         for run, base in zip(runs[name], runs["off"]):
             run["ratio"] = run["rps"] / base["rps"] if base["rps"] else float("nan")
+            # The throughput ratio the CPU cost implies: off's CPU per request over this one's.
+            run["cpu_ratio"] = base["cpu_us_per_request"] / run["cpu_us_per_request"] if run["cpu_us_per_request"] else float("nan")
     return {"configs": CONFIGS, "runs": runs, "command": runs["off"][0]["command"].replace(
         str(REPO) + "/", "").split(" http")[0] + " http://127.0.0.1:PORT/v1/chat/completions"}
 

@@ -83,8 +83,18 @@ def throughput_rows(results: dict) -> list[dict]:
             "rss_start": statistics.median(statistics.mean(r["rss_start"]) for r in runs if r["rss_start"]),
             "rss_end": statistics.median(statistics.mean(r["rss_end"]) for r in runs if r["rss_end"]),
             "sink": sum(r["sink_requests"] for r in runs),
+            **_cpu(runs),
         })
     return rows
+
+
+def _cpu(runs: list[dict]) -> dict:
+    """CPU per request and the ratio it implies (absent from results of older bench runs)."""
+    if not all("cpu_ratio" in r for r in runs):
+        return {}
+    ratios = [r["cpu_ratio"] for r in runs]
+    return {"cpu_us": statistics.median(r["cpu_us_per_request"] for r in runs), "cpu_ratio": statistics.median(ratios),
+            "cpu_ratio_min": min(ratios), "cpu_ratio_max": max(ratios)}
 
 
 DESCRIPTIONS = {
@@ -213,6 +223,17 @@ def markdown(results: dict, path: Path) -> None:
           f"{r['ratio_min']:.2f}–{r['ratio_max']:.2f} | {r['failed']} / {r['requests']} | {_ms(r['p50'])} | "
           f"{_ms(r['p99'])} | {r['stop']:.2f} ({r['stop_min']:.2f}–{r['stop_max']:.2f}) |")
     w("")
+    if all("cpu_us" in r for r in tp):
+        w("The router's CPU per request (user + system time of the gunicorn master, workers and metrics process "
+          "over the measured run, from `/proc/<pid>/stat`, divided by the requests served) is steadier than "
+          "throughput on a shared machine; *CPU ratio* is off's CPU per request over the configuration's, the "
+          "throughput ratio that cost implies when the router is CPU-bound. Median over rounds (min–max).")
+        w("")
+        w("| configuration | CPU µs per request | CPU ratio to off | CPU ratio min–max |")
+        w("|---|---:|---:|---:|")
+        for r in tp:
+            w(f"| `{r['name']}` | {r['cpu_us']:.0f} | {r['cpu_ratio']:.2f} | {r['cpu_ratio_min']:.2f}–{r['cpu_ratio_max']:.2f} |")
+        w("")
     w("| configuration | what is on |")
     w("|---|---|")
     for r in tp:

@@ -138,6 +138,34 @@ class Router:
                 pids.append(int(entry))
         return sorted(pids)
 
+    def cpu_seconds(self) -> float:
+        """User + system CPU of the master and all its children (workers, metrics process)."""
+        if self.process is None:
+            return 0.0
+        ticks = os.sysconf("SC_CLK_TCK")
+        total = 0.0
+        for pid in [self.process.pid, *self.worker_pids(), *self._other_children()]:
+            try:
+                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
+        return total
+
+    def _other_children(self) -> list[int]:
+        """The master's children that are not workers (the metrics process)."""
+        workers = set(self.worker_pids())
+        found = []
+        for entry in os.listdir("/proc"):
+            if entry.isdigit() and int(entry) not in workers:
+                try:
+                    stat = Path(f"/proc/{entry}/stat").read_text()
+                except OSError:
+                    continue
+                if int(stat.rsplit(")", 1)[1].split()[1]) == self.process.pid:
+                    found.append(int(entry))
+        return found
+
     def worker_rss_mib(self) -> list[float]:
         """VmRSS of each gunicorn worker (the master's children), in MiB."""
         values = []

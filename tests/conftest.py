@@ -40,9 +40,12 @@ def config_dict(**overrides) -> dict:
 
 
 def quiet_models(data: dict) -> dict:
-    """Remove the simulated error rates, so a test sees only the faults it injects."""
+    """Remove the simulated error and content-filter rates, so a test sees only the faults
+    it injects (and every answer ends with stop or length)."""
     for model in data["models"]:
-        model.setdefault("simulation", {})["error_rate"] = 0.0
+        simulation = model.setdefault("simulation", {})
+        simulation["error_rate"] = 0.0
+        simulation["content_filter_rate"] = 0.0
     return data
 
 

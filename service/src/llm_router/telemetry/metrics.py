@@ -28,14 +28,16 @@ LATENCY_BUCKETS = (0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1, 1.5, 2, 3, 5, 7.5, 10, 
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1, 1.5, 2, 3, 5, 10, 20, 60)
 # The router's own cost per request: sub-millisecond is the goal.
 OVERHEAD_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1)
-# Per-tenant latency, coarser than LATENCY_BUCKETS (tenants x buckets series); 5 and 20 are
-# the Apdex thresholds (prometheus/config.yaml slo.apdex) and must stay boundaries here.
-TENANT_LATENCY_BUCKETS = (0.5, 1, 2, 5, 10, 15, 20, 30, 60, 120, 300)
+# Per-tenant latency, much coarser than LATENCY_BUCKETS: it exists for per-tenant Apdex and
+# SLOs, and every bucket is one series per tenant in every scrape. 5 and 20 are the Apdex
+# thresholds and 15 the latency SLO's (prometheus/config.yaml; the generator checks them).
+TENANT_LATENCY_BUCKETS = (1, 5, 10, 15, 20, 60)
 # Feedback scores lie in [0, 1]; the le="0" bucket counts the thumbs-down.
 SCORE_BUCKETS = (0, 0.2, 0.4, 0.6, 0.8, 1)
 # Building an app or a backend (microseconds for a simulated one) and probing one (a short
-# HTTP call for an upstream, capped by health_probes.timeout_seconds).
-LOAD_BUCKETS = (0.0001, 0.0005, 0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+# HTTP call for an upstream, capped by health_probes.timeout_seconds). Few buckets: these
+# are per model (and outcome) in every scrape, for events that happen rarely.
+LOAD_BUCKETS = (0.0005, 0.005, 0.025, 0.1, 0.5, 2.5, 10, 30)
 
 # The finish_reason label's values: OpenAI's finish reasons, plus what the router knows
 # about requests that got no answer. Anything else an upstream reports counts as "other".
@@ -223,9 +225,9 @@ def initialise(
 ) -> None:
     """Create the series that must exist before any traffic (so alerts and panels see 0).
 
-    ``tenant_ids`` are the tenants that can rate answers (configured ids, and "anonymous"
-    when anonymous requests are allowed): every tenant x model x rating starts at 0, so a
-    positive-feedback ratio exists even when all feedback so far was negative.
+    Feedback counters are not created up front: tenant x model x rating would be a thousand
+    zero series in every scrape at 50 tenants and 10 models. ``tenant_ids`` is kept for
+    callers; the positive-ratio rule reads 0 (not absent) when all feedback is negative.
     """
     BUILD_INFO.labels(__version__, platform.python_version()).set(1)
     for model in model_ids:
@@ -235,12 +237,9 @@ def initialise(
         BACKEND_MAX_CONCURRENCY.labels(model).set(max_concurrency[model])
         for reason in FINISH_REASONS:
             child(FINISH_REASONS_TOTAL, model, reason)
-        for outcome in PROBE_OUTCOMES:
-            child(PROBE_DURATION, model, outcome)
+        # Probes run right at start; a failure series appears with the first failure.
+        child(PROBE_DURATION, model, "success")
         child(FEEDBACK_SCORE, model)
-        for tenant in tenant_ids:
-            for rating in RATINGS:
-                child(FEEDBACK, tenant, model, rating)
     for tenant, budget in tenant_budgets.items():
         TENANT_BUDGET.labels(tenant).set(budget)
         BUDGET_EXCEEDED.labels(tenant, budget_action)
