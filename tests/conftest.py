@@ -74,6 +74,7 @@ def make_app(tmp_path):
     for app in built:
         app.extensions["llm_router"].prober.stop(timeout=5)
         app.extensions["llm_router"].responses.close()
+        app.extensions["llm_router"].budgets.close()
 
 
 @pytest.fixture

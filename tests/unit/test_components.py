@@ -182,15 +182,24 @@ def test_budget_is_shared_through_the_store_and_crossings_fire_once(tmp_path, co
     store = StateStore(tmp_path)
     budgets = Budgets(config, store, metrics_on=False)
     other_worker = Budgets(config, StateStore(tmp_path), metrics_on=False)
+    # Writer periods far away: this test decides when each worker writes its charges.
+    budgets.FLUSH_SECONDS = other_worker.FLUSH_SECONDS = 3600
     with caplog.at_level("INFO", logger="llm_router.events"):
-        budgets.charge("internal-tools", 20)  # 40% of 50
-        other_worker.charge("internal-tools", 10)  # 60%: crosses 50%
+        budgets.charge("internal-tools", 12)
+        budgets.charge("internal-tools", 8)
+        assert store.spend("internal-tools") == 0, "charges are buffered until the writer runs"
+        assert budgets._spend("internal-tools") == pytest.approx(20), "but this worker counts them at once"
+        budgets.flush()  # 40% of 50
+        other_worker.charge("internal-tools", 10)
+        other_worker.flush()  # 60%: crosses 50%
         budgets.charge("internal-tools", 1)
+        budgets.flush()
     crossings = [r for r in caplog.records if getattr(r, "event", "") == "budget_threshold_crossed"]
     assert [r.threshold for r in crossings] == [0.5]
     assert store.spend("internal-tools") == pytest.approx(31)
     assert not budgets.check("internal-tools")
     other_worker.charge("internal-tools", 19)
+    other_worker.close()  # a stopping worker writes what is left
     # A worker sees another worker's spending within REFRESH_SECONDS: not before...
     budgets.REFRESH_SECONDS = 3600
     assert not budgets.check("internal-tools"), "read from this worker's recent view"
@@ -206,6 +215,7 @@ def test_budget_flag_action_serves_and_marks(tmp_path, config):
     budgets = Budgets(flagging, StateStore(tmp_path), metrics_on=False)
     budgets.charge("internal-tools", 60)
     assert budgets.check("internal-tools") is True
+    budgets.close()
 
 
 # --- config --------------------------------------------------------------------------------

@@ -171,6 +171,7 @@ def worker_exit(server, worker) -> None:
     if prober is not None:
         prober.stop(timeout=1)
     services.responses.close()  # answers still buffered, so feedback can find them
+    services.budgets.close()  # charges still buffered
     provider = services.tracer_provider
     if provider is None:
         return

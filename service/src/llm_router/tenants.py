@@ -66,11 +66,21 @@ class TenantDirectory:
 
 
 class Budgets:
-    """Monthly budgets, checked before a request and charged after it, shared by workers."""
+    """Monthly budgets, checked before a request and charged after it, shared by workers.
+
+    Charges are buffered per process and written to the shared store by a writer thread
+    every ``FLUSH_SECONDS`` (one UPSERT per tenant with spending since the last write): a
+    write per request, with every worker contending for the same SQLite file, cost more
+    than the rest of a simulated request. This process's own view includes its unwritten
+    charges at once; other workers see them within FLUSH_SECONDS + REFRESH_SECONDS.
+    Threshold crossings are decided on the shared total at each write, so each one is
+    still logged exactly once across workers.
+    """
 
     # How stale this worker's view of another worker's spending may be. Checks read the
-    # shared store at most this often per tenant; charges are always written through.
+    # shared store at most this often per tenant.
     REFRESH_SECONDS = 1.0
+    FLUSH_SECONDS = 0.05
 
     def __init__(self, config: RouterConfig, store: StateStore, metrics_on: bool) -> None:
         self.limits = {t.id: t.monthly_budget_usd for t in config.tenants if t.monthly_budget_usd}
@@ -79,7 +89,11 @@ class Budgets:
         self.store = store
         self.metrics_on = metrics_on
         self._lock = threading.Lock()
-        self._known: dict[str, tuple[float, float]] = {}  # tenant -> (spend, read at)
+        self._flush_lock = threading.Lock()
+        self._known: dict[str, tuple[float, float]] = {}  # tenant -> (stored spend, read at)
+        self._pending: dict[str, float] = {}  # tenant -> charged here, not stored yet
+        self._stop = threading.Event()
+        self._writer: threading.Thread | None = None
         if metrics_on:
             for tenant in self.limits:
                 m.child(m.TENANT_SPEND, tenant).set(store.spend(tenant))
@@ -109,22 +123,43 @@ class Budgets:
     def _spend(self, tenant: str) -> float:
         now = time.monotonic()
         known = self._known.get(tenant)
-        if known is not None and now - known[1] < self.REFRESH_SECONDS:
-            return known[0]
-        spend = self.store.spend(tenant)
-        with self._lock:
-            self._known[tenant] = (spend, now)
-        return spend
+        if known is None or now - known[1] >= self.REFRESH_SECONDS:
+            stored = self.store.spend(tenant)
+            with self._lock:
+                self._known[tenant] = known = (stored, now)
+        return known[0] + self._pending.get(tenant, 0.0)
 
     def charge(self, tenant: str, usd: float) -> None:
         limit = self.limits.get(tenant)
         if limit is None or usd <= 0:
             return
-        before, after = self.store.add_spend(tenant, usd)
         with self._lock:
-            self._known[tenant] = (after, time.monotonic())
-        if self.metrics_on:
-            m.child(m.TENANT_SPEND, tenant).set(after)
+            self._pending[tenant] = self._pending.get(tenant, 0.0) + usd
+            if self._writer is None:
+                # Started on first use, in the process that serves (after gunicorn's fork).
+                self._writer = threading.Thread(target=self._run, name="budget-writer", daemon=True)
+                self._writer.start()
+
+    def flush(self) -> None:
+        """Write this process's buffered charges to the shared store now."""
+        with self._flush_lock:
+            with self._lock:
+                pending, self._pending = self._pending, {}
+            for tenant, usd in pending.items():
+                try:
+                    before, after = self.store.add_spend(tenant, usd)
+                except Exception:
+                    with self._lock:  # kept for the next write
+                        self._pending[tenant] = self._pending.get(tenant, 0.0) + usd
+                    raise
+                with self._lock:
+                    self._known[tenant] = (after, time.monotonic())
+                if self.metrics_on:
+                    m.child(m.TENANT_SPEND, tenant).set(after + self._pending.get(tenant, 0.0))
+                self._crossings(tenant, before, after)
+
+    def _crossings(self, tenant: str, before: float, after: float) -> None:
+        limit = self.limits[tenant]
         for threshold in self.thresholds:
             if before < threshold * limit <= after:
                 logs.event(
@@ -133,3 +168,20 @@ class Budgets:
                     logging.WARNING,
                     tenant=tenant, threshold=threshold, spend_usd=round(after, 6), budget_usd=limit,
                 )
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.FLUSH_SECONDS):
+            try:
+                self.flush()
+            except Exception:  # noqa: BLE001 (a locked or full database: retried next period)
+                logging.getLogger(__name__).exception("storing tenant spend failed; retrying")
+
+    def close(self) -> None:
+        """Stop the writer and store what is left (a stopping worker's last write)."""
+        self._stop.set()
+        if self._writer is not None:
+            self._writer.join(5)
+        try:
+            self.flush()
+        except Exception:  # noqa: BLE001
+            logging.getLogger(__name__).exception("storing tenant spend at exit failed")
