@@ -225,3 +225,37 @@ def test_a_full_span_queue_is_counted_and_summarised_not_logged_per_span(make_ap
     assert not [line for line in json_lines() if "Queue full" in line.get("message", "")]
     tracing.install_dropped_span_filter(None).flush()
     assert [line["dropped"] for line in json_lines() if line.get("event") == "spans_dropped"] == [1, dropped - 1]
+
+
+def test_log_lines_stay_whole_when_threads_log_at_once():
+    """LineHandler formats outside its lock: lines written by many threads together are
+    each one whole JSON object on its own line."""
+    import io
+    import logging
+    import threading
+
+    from llm_router.telemetry.logs import ContextFilter, LineHandler, RouterJsonFormatter
+
+    stream = io.StringIO()
+    handler = LineHandler(stream)
+    handler.setFormatter(RouterJsonFormatter())
+    handler.addFilter(ContextFilter("test"))
+    logger = logging.getLogger("llm_router.test.lines")
+    logger.propagate = False
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+
+    def burst(n: int) -> None:
+        for i in range(200):
+            logger.info("line", extra={"writer": n, "i": i, "padding": "x" * (i % 50)})
+
+    threads = [threading.Thread(target=burst, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    logger.removeHandler(handler)
+    lines = stream.getvalue().splitlines()
+    assert len(lines) == 1600
+    parsed = [json.loads(line) for line in lines]
+    assert sorted((p["writer"], p["i"]) for p in parsed) == [(n, i) for n in range(8) for i in range(200)]

@@ -79,6 +79,31 @@ class RouterJsonFormatter(JsonFormatter):
                 log_data[key] = value
 
 
+class LineHandler(logging.StreamHandler):
+    """A StreamHandler that formats a record before taking its lock.
+
+    logging.Handler.handle holds the handler's lock through format() and emit(): with the
+    JSON access line formatted under it, every request thread of a worker queued behind
+    the one formatting (a profile under load showed more time waiting for this lock than
+    formatting). Here the lock guards only the write and flush of the finished line, which
+    is what keeps lines whole.
+    """
+
+    def handle(self, record: logging.LogRecord) -> bool:
+        passed = self.filter(record)
+        if passed:
+            try:
+                line = self.format(record) + self.terminator
+                with self.lock:
+                    self.stream.write(line)
+                    self.stream.flush()
+            except RecursionError:
+                raise
+            except Exception:  # noqa: BLE001 (logging's own policy: report, never raise)
+                self.handleError(record)
+        return passed
+
+
 def configure_logging(service: str, enabled: bool = True, level: str = "INFO") -> None:
     """Route every logger (ours, Flask's, gunicorn's) through one JSON handler on stdout."""
     root = logging.getLogger()
@@ -92,7 +117,7 @@ def configure_logging(service: str, enabled: bool = True, level: str = "INFO") -
         return
     logging.getLogger(ACCESS_LOGGER).disabled = False
     logging.getLogger(EVENT_LOGGER).setLevel(logging.NOTSET)
-    handler = logging.StreamHandler(sys.stdout)
+    handler = LineHandler(sys.stdout)
     handler._llm_router = True  # type: ignore[attr-defined]
     handler.setFormatter(RouterJsonFormatter())
     handler.addFilter(ContextFilter(service))
@@ -109,7 +134,7 @@ def gunicorn_logconfig(service: str) -> dict:
         "filters": {"context": {"()": f"{__name__}.ContextFilter", "service": service}},
         "formatters": {"json": {"()": f"{__name__}.RouterJsonFormatter"}},
         "handlers": {
-            "stdout": {"class": "logging.StreamHandler", "stream": "ext://sys.stdout", "formatter": "json",
+            "stdout": {"class": f"{__name__}.LineHandler", "stream": "ext://sys.stdout", "formatter": "json",
                        "filters": ["context"]},
         },
         "root": {"level": "INFO", "handlers": []},
