@@ -252,3 +252,35 @@ def test_shipped_config_loads_and_env_overrides_time_scale(monkeypatch):
 def test_missing_config_file_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="cannot read config"):
         load_config(tmp_path / "absent.yaml")
+
+
+def _open_store_after(barrier, directory: str, results) -> None:
+    try:
+        barrier.wait(30)
+        store = StateStore(directory)
+        store.add_spend("t", 1.0)
+        results.put(store._connect().execute("PRAGMA journal_mode").fetchone()[0])
+    except Exception as error:  # noqa: BLE001 (reported to the test)
+        results.put(repr(error))
+
+
+def test_state_store_opens_safely_when_many_processes_start_at_once(tmp_path):
+    """Workers boot together and open one new SQLite file at once: every one must come up,
+    in WAL mode. (In a CI run, 'database is locked' from the WAL switch once stopped a
+    worker from booting, and gunicorn with it; that race does not reproduce on demand, so
+    this is a guard on the concurrent start, not a replay of it.) Forked processes
+    released by one barrier open the file within microseconds of each other."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    for round_ in range(5):
+        directory = str(tmp_path / f"state-{round_}")
+        barrier, results = context.Barrier(8), context.Queue()
+        processes = [context.Process(target=_open_store_after, args=(barrier, directory, results)) for _ in range(8)]
+        for process in processes:
+            process.start()
+        outcomes = [results.get(timeout=60) for _ in processes]
+        for process in processes:
+            process.join(30)
+        assert outcomes == ["wal"] * 8
+        assert StateStore(directory).spend("t") == 8.0

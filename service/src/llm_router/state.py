@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import random
 import sqlite3
 import tempfile
 import threading
@@ -57,14 +58,30 @@ class StateStore:
         self.path = self.directory / "router-state.sqlite3"
         # One connection per thread: sqlite3 connections must not cross threads.
         self._local = threading.local()
-        with self._connect() as db:
-            db.executescript(_SCHEMA)
+        self._prepare()
+
+    # Workers start together and open the file at once: switching a new file to WAL takes
+    # an exclusive lock that SQLite's busy timeout does not wait for, so that step retries.
+    PREPARE_ATTEMPTS = 200
+
+    def _prepare(self) -> None:
+        """WAL mode (a property of the file, kept once set) and the schema."""
+        for attempt in range(1, self.PREPARE_ATTEMPTS + 1):
+            try:
+                db = self._connect()
+                if db.execute("PRAGMA journal_mode").fetchone()[0].lower() != "wal":
+                    db.execute("PRAGMA journal_mode=WAL")
+                db.executescript(_SCHEMA)
+                return
+            except sqlite3.OperationalError as error:
+                if "locked" not in str(error) or attempt == self.PREPARE_ATTEMPTS:
+                    raise
+                time.sleep(0.02 + random.random() * 0.03)
 
     def _connect(self) -> sqlite3.Connection:
         db = getattr(self._local, "db", None)
         if db is None:
             db = sqlite3.connect(self.path, timeout=10, isolation_level=None)
-            db.execute("PRAGMA journal_mode=WAL")
             # Spend is a running total, not a ledger: losing the last write on a power cut
             # is acceptable, an fsync per request is not.
             db.execute("PRAGMA synchronous=NORMAL")
