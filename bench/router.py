@@ -120,10 +120,11 @@ class Router:
         except OSError:
             return ""
 
-    def worker_pids(self) -> list[int]:
+    def children(self) -> dict[int, str]:
+        """The master's children: pid -> its /proc/<pid>/stat line."""
         if self.process is None:
-            return []
-        pids = []
+            return {}
+        found = {}
         for entry in os.listdir("/proc"):
             if not entry.isdigit():
                 continue
@@ -132,11 +133,13 @@ class Router:
             except OSError:
                 continue
             # pid (comm) state ppid ...: comm may hold spaces, so split after the last ')'.
-            ppid = int(stat.rsplit(")", 1)[1].split()[1])
-            # The metrics process is the master's child too, but serves no request.
-            if ppid == self.process.pid and "(llm-router-metr" not in stat:
-                pids.append(int(entry))
-        return sorted(pids)
+            if int(stat.rsplit(")", 1)[1].split()[1]) == self.process.pid:
+                found[int(entry)] = stat
+        return found
+
+    def worker_pids(self) -> list[int]:
+        # The metrics process is the master's child too, but serves no request.
+        return sorted(pid for pid, stat in self.children().items() if "(llm-router-metr" not in stat)
 
     def cpu_seconds(self) -> float:
         """User + system CPU of the master and all its children (workers, metrics process)."""
@@ -144,27 +147,13 @@ class Router:
             return 0.0
         ticks = os.sysconf("SC_CLK_TCK")
         total = 0.0
-        for pid in [self.process.pid, *self.worker_pids(), *self._other_children()]:
+        for pid in [self.process.pid, *self.children()]:
             try:
                 fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
             except OSError:
                 continue
             total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
         return total
-
-    def _other_children(self) -> list[int]:
-        """The master's children that are not workers (the metrics process)."""
-        workers = set(self.worker_pids())
-        found = []
-        for entry in os.listdir("/proc"):
-            if entry.isdigit() and int(entry) not in workers:
-                try:
-                    stat = Path(f"/proc/{entry}/stat").read_text()
-                except OSError:
-                    continue
-                if int(stat.rsplit(")", 1)[1].split()[1]) == self.process.pid:
-                    found.append(int(entry))
-        return found
 
     def worker_rss_mib(self) -> list[float]:
         """VmRSS of each gunicorn worker (the master's children), in MiB."""

@@ -171,6 +171,42 @@ class StateStore:
         return ("already_rated", row[0]) if row is not None else ("unknown", None)
 
 
+class PeriodicWriter:
+    """Runs ``flush`` every ``period()`` seconds on a daemon thread, started on first use
+    (so in the process that serves, after gunicorn's fork); ``close`` stops the thread and
+    flushes what is left. A failed flush is logged and retried the next period: the
+    flusher keeps what it could not store."""
+
+    def __init__(self, name: str, flush, period, what: str) -> None:
+        self.name, self.flush, self.period, self.what = name, flush, period, what
+        self._stop = threading.Event()
+        self._lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        if self._thread is None:
+            with self._lock:
+                if self._thread is None:
+                    self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+                    self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period()):
+            try:
+                self.flush()
+            except Exception:  # noqa: BLE001 (a locked or full database: retried next period)
+                _log.exception("storing %s failed; retrying", self.what)
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(5)
+        try:
+            self.flush()
+        except Exception:  # noqa: BLE001
+            _log.exception("storing %s at exit failed", self.what)
+
+
 class ResponseLog:
     """The answered requests that can still be rated, pruned by age.
 
@@ -196,8 +232,7 @@ class ResponseLog:
         self._pending: list[tuple[str, str, str, float]] = []
         self._pending_lock = threading.Lock()
         self._flush_lock = threading.Lock()
-        self._stop = threading.Event()
-        self._writer: threading.Thread | None = None
+        self._writer = PeriodicWriter("response-log", self.flush, lambda: self.flush_seconds, "answered requests")
         self._pruned_at = float("-inf")  # the first flush after start prunes what expired meanwhile
         # How long feedback on an id not found yet waits for the other workers' writers.
         self.wait_seconds = self.WAIT_FLUSHES * flush_seconds
@@ -205,10 +240,7 @@ class ResponseLog:
     def record(self, request_id: str, tenant: str, model: str) -> None:
         with self._pending_lock:
             self._pending.append((request_id, tenant, model, self.clock()))
-            if self._writer is None:
-                # Started on first use, in the process that serves (after gunicorn's fork).
-                self._writer = threading.Thread(target=self._run, name="response-log", daemon=True)
-                self._writer.start()
+        self._writer.start()
 
     def flush(self) -> int:
         """Store the buffered answers now; returns how many."""
@@ -234,22 +266,9 @@ class ResponseLog:
             self._pruned_at = now
             return self.store.prune_responses(now - self.retention_seconds)
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.flush_seconds):
-            try:
-                self.flush()
-            except Exception:  # noqa: BLE001 (a locked or full database: retried next period)
-                _log.exception("storing answered requests failed; retrying")
-
     def close(self) -> None:
         """Stop the writer and store what is left (a stopping worker's last flush)."""
-        self._stop.set()
-        if self._writer is not None:
-            self._writer.join(5)
-        try:
-            self.flush()
-        except Exception:  # noqa: BLE001
-            _log.exception("storing answered requests at exit failed")
+        self._writer.close()
 
     def rate(self, request_id: str, tenant: str, score: float) -> tuple[str, str | None]:
         self.flush()  # this process's own answers are found at once

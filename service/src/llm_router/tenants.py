@@ -13,7 +13,7 @@ import time
 
 from .config import RouterConfig
 from .errors import APIError
-from .state import StateStore
+from .state import PeriodicWriter, StateStore
 from .telemetry import logs
 from .telemetry import metrics as m
 
@@ -92,8 +92,7 @@ class Budgets:
         self._flush_lock = threading.Lock()
         self._known: dict[str, tuple[float, float]] = {}  # tenant -> (stored spend, read at)
         self._pending: dict[str, float] = {}  # tenant -> charged here, not stored yet
-        self._stop = threading.Event()
-        self._writer: threading.Thread | None = None
+        self._writer = PeriodicWriter("budget-writer", self.flush, lambda: self.FLUSH_SECONDS, "tenant spend")
         if metrics_on:
             for tenant in self.limits:
                 m.child(m.TENANT_SPEND, tenant).set(store.spend(tenant))
@@ -135,10 +134,7 @@ class Budgets:
             return
         with self._lock:
             self._pending[tenant] = self._pending.get(tenant, 0.0) + usd
-            if self._writer is None:
-                # Started on first use, in the process that serves (after gunicorn's fork).
-                self._writer = threading.Thread(target=self._run, name="budget-writer", daemon=True)
-                self._writer.start()
+        self._writer.start()
 
     def flush(self) -> None:
         """Write this process's buffered charges to the shared store now."""
@@ -169,19 +165,6 @@ class Budgets:
                     tenant=tenant, threshold=threshold, spend_usd=round(after, 6), budget_usd=limit,
                 )
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.FLUSH_SECONDS):
-            try:
-                self.flush()
-            except Exception:  # noqa: BLE001 (a locked or full database: retried next period)
-                logging.getLogger(__name__).exception("storing tenant spend failed; retrying")
-
     def close(self) -> None:
         """Stop the writer and store what is left (a stopping worker's last write)."""
-        self._stop.set()
-        if self._writer is not None:
-            self._writer.join(5)
-        try:
-            self.flush()
-        except Exception:  # noqa: BLE001
-            logging.getLogger(__name__).exception("storing tenant spend at exit failed")
+        self._writer.close()
