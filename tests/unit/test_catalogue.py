@@ -346,8 +346,7 @@ def test_process_metrics_are_exposed_in_single_process_mode(client):
 
 
 def test_exemplars_only_on_documented_histograms_and_only_single_process(client, monkeypatch):
-    from llm_router.app import _trace_exemplar
-    from llm_router.router import RequestRecord
+    from llm_router.telemetry.signals import RequestRecord, trace_exemplar
 
     assert client.post("/v1/chat/completions", json=chat_body(content="catalogue: exemplar")).status_code == 200
     response = client.get("/metrics", headers={"Accept": OPENMETRICS})
@@ -364,9 +363,9 @@ def test_exemplars_only_on_documented_histograms_and_only_single_process(client,
     assert " # {" not in classic, "the classic text format must not carry exemplars"
 
     record = RequestRecord(started=0.0, request_id="r", trace_id="ab" * 16, sampled=True)
-    assert _trace_exemplar(record) == {"trace_id": "ab" * 16}
+    assert trace_exemplar(record) == {"trace_id": "ab" * 16}
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", "/nonexistent-multiproc-dir")
-    assert _trace_exemplar(record) is None, "multiprocess mode must not attach exemplars"
+    assert trace_exemplar(record) is None, "multiprocess mode must not attach exemplars"
 
 
 # --- logs ------------------------------------------------------------------------------------------

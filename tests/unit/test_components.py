@@ -12,6 +12,7 @@ from llm_router.config import ConfigError, load_config, parse_config
 from llm_router.resilience import CLOSED, HALF_OPEN, OPEN, CircuitBreaker, ConcurrencyLimiter, backoff_delay
 from llm_router.routing import LatencyTracker, candidates, rank
 from llm_router.state import StateStore
+from llm_router.telemetry.signals import Signals
 from llm_router.tenants import ANONYMOUS, Budgets, TenantDirectory
 from llm_router.errors import APIError
 
@@ -180,8 +181,8 @@ def test_required_api_key(config):
 
 def test_budget_is_shared_through_the_store_and_crossings_fire_once(tmp_path, config, caplog):
     store = StateStore(tmp_path)
-    budgets = Budgets(config, store, metrics_on=False)
-    other_worker = Budgets(config, StateStore(tmp_path), metrics_on=False)
+    budgets = Budgets(config, store, Signals.off())
+    other_worker = Budgets(config, StateStore(tmp_path), Signals.off())
     # Writer periods far away: this test decides when each worker writes its charges.
     budgets.FLUSH_SECONDS = other_worker.FLUSH_SECONDS = 3600
     with caplog.at_level("INFO", logger="llm_router.events"):
@@ -212,7 +213,7 @@ def test_budget_is_shared_through_the_store_and_crossings_fire_once(tmp_path, co
 
 def test_budget_flag_action_serves_and_marks(tmp_path, config):
     flagging = config.model_copy(update={"budgets": config.budgets.model_copy(update={"on_exhausted": "flag"})})
-    budgets = Budgets(flagging, StateStore(tmp_path), metrics_on=False)
+    budgets = Budgets(flagging, StateStore(tmp_path), Signals.off())
     budgets.charge("internal-tools", 60)
     assert budgets.check("internal-tools") is True
     budgets.close()

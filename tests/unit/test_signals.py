@@ -41,7 +41,7 @@ class Delta:
 
 
 def test_finish_reason_labels():
-    from llm_router.app import finish_reason_label
+    from llm_router.telemetry.signals import finish_reason_label
 
     assert [finish_reason_label(200, reason) for reason in ("stop", "length", "content_filter", "tool_calls")] == [
         "stop", "length", "content_filter", "tool_calls"]

@@ -3,24 +3,26 @@
 from __future__ import annotations
 
 import functools
-import json
 import time
 from collections.abc import Iterator
 from importlib import resources
 
+import orjson
 import yaml
-from flask import Blueprint, Response, current_app, g, jsonify, request, stream_with_context
-from opentelemetry import trace
+from flask import Blueprint, Response, current_app, g, jsonify, request
 from prometheus_client.exposition import choose_encoder
 
 from .app import Services, finish_request, services
 from .backends import BackendError, ChatRequest, Chunk, Completion
+from .backends.base import estimate_tokens, message_text
 from .cache import cache_key
+from .concurrency import ClientGone, ClientWatch, ServerStopping, client_socket
 from .config import STRATEGIES, ModelConfig
 from .errors import APIError
-from .router import RequestRecord
 from .schema import ChatCompletionRequest, validate_chat
+from .telemetry import logs
 from .telemetry import metrics as m
+from .telemetry.signals import RequestRecord
 
 api = Blueprint("api", __name__)
 
@@ -83,7 +85,7 @@ def parse_json_body() -> object:
         # instead of refusing, so look past it ourselves.
         raise APIError(413, f"The request body is larger than {limit} bytes.", code="request_too_large")
     try:
-        return json.loads(raw)
+        return orjson.loads(raw)
     except (ValueError, UnicodeDecodeError, RecursionError):
         raise APIError(400, "The request body is not valid JSON.", code="invalid_json") from None
 
@@ -133,10 +135,26 @@ def chat_completions():
     )
     if state.telemetry.log_content:
         record.extra["prompt"] = backend_request.messages
+    # From here on the request waits on a backend: if the client goes away meanwhile, the
+    # call is cancelled (ClientGone where it waits) instead of running on for nobody.
+    watch = g.client_watch = ClientWatch(client_socket(request.environ))
+    watch.arm()
+    try:
+        if record.stream:
+            return _stream(state, record, chat, backend_request, watch)
+        return _complete(state, record, body, backend_request)
+    except ClientGone:
+        record.code = record_code = 499  # the client closed the connection (nginx's convention)
+        record.error_type = "client_gone"
+        return Response(status=record_code)
+    except ServerStopping:
+        record.error_type = "shutdown"
+        raise APIError(503, "The router is restarting; retry.", type="server_error", code="server_shutting_down",
+                       headers={"Retry-After": "1"}) from None
 
-    if record.stream:
-        return _stream(state, record, chat, backend_request)
 
+def _complete(state: Services, record: RequestRecord, body: dict, backend_request: ChatRequest) -> Response:
+    requested = record.model
     key = None
     if state.router.cache is not None:
         if _bypass_cache():
@@ -145,31 +163,38 @@ def chat_completions():
             key = cache_key(record.tenant, requested, record.strategy, body)
             cached = state.router.cache.get(key)
             record.cache = "hit" if cached is not None else "miss"
-            # An attribute of the server span, not a span: a lookup takes microseconds.
-            trace.get_current_span().set_attribute("llm_router.cache.result", record.cache)
             if cached is not None:
                 return _cached_response(state, record, cached)
-        if state.telemetry.metrics:
-            m.child(m.CACHE_REQUESTS, record.tenant, record.cache).inc()
+        state.signals.cache_looked_up(record.tenant, record.cache)
 
     plan = state.router.plan(requested, record.strategy)
     model, completion = state.router.execute(plan, backend_request, False, record)
+    _price(record, model)
     _account(record, model, completion.input_tokens, completion.output_tokens, completion.finish_reason)
     payload = _completion_body(record, completion)
     if key is not None:
         state.router.cache.put(key, (payload, record.cost_usd))
-        if state.telemetry.metrics:
-            m.CACHE_ENTRIES.set(len(state.router.cache))
+        state.signals.cache_size(len(state.router.cache))
     if state.telemetry.log_content:
         record.extra["completion"] = completion.text
-    return _with_router_headers(jsonify(payload), record)
+    return _with_router_headers(_json(payload), record)
+
+
+def _json(payload: dict) -> Response:
+    return Response(orjson.dumps(payload), mimetype="application/json")
+
+
+def _price(record: RequestRecord, model: ModelConfig) -> None:
+    record.model = model.id
+    record.price_in_per_1k = model.price.input_per_1k
+    record.price_out_per_1k = model.price.output_per_1k
 
 
 def _account(record: RequestRecord, model: ModelConfig, input_tokens: int, output_tokens: int, finish: str) -> None:
     record.model = model.id
     record.input_tokens = input_tokens
     record.output_tokens = output_tokens
-    record.cost_usd = _cost(model, input_tokens, output_tokens)
+    record.cost_usd = record.cost()
     record.finish_reason = finish
 
 
@@ -199,13 +224,11 @@ def _cached_response(state: Services, record: RequestRecord, cached: tuple[dict,
     payload, saved_usd = cached
     record.model = payload["model"]
     record.finish_reason = payload["choices"][0]["finish_reason"]
-    if state.telemetry.metrics:
-        m.child(m.CACHE_REQUESTS, record.tenant, "hit").inc()
-        if saved_usd:
-            m.child(m.CACHE_SAVED, record.tenant).inc(saved_usd)
+    state.signals.cache_looked_up(record.tenant, "hit")
+    state.signals.cache_saved(record.tenant, saved_usd)
     record.extra["cache_saved_usd"] = round(saved_usd, 8)
     fresh = {**payload, "id": f"chatcmpl-{record.request_id}", "created": int(time.time())}
-    return _with_router_headers(jsonify(fresh), record)
+    return _with_router_headers(_json(fresh), record)
 
 
 def _with_router_headers(response: Response, record: RequestRecord) -> Response:
@@ -220,64 +243,135 @@ def _with_router_headers(response: Response, record: RequestRecord) -> Response:
 # --- streaming ---------------------------------------------------------------------------
 
 
-def _event(data: dict) -> str:
-    return f"data: {json.dumps(data, separators=(',', ':'))}\n\n"
+def _event(data: dict) -> bytes:
+    return b"data: " + orjson.dumps(data) + b"\n\n"
 
 
-def _stream(state: Services, record: RequestRecord, chat: ChatCompletionRequest, backend_request: ChatRequest):
-    if state.telemetry.metrics and state.router.cache is not None:
-        m.child(m.CACHE_REQUESTS, record.tenant, "bypass").inc()
+_DONE = b"data: [DONE]\n\n"
+
+
+def _stream(state: Services, record: RequestRecord, chat: ChatCompletionRequest, backend_request: ChatRequest,
+            watch: ClientWatch):
+    if state.router.cache is not None:
+        state.signals.cache_looked_up(record.tenant, "bypass")
     plan = state.router.plan(chat.model, record.strategy)
     model, first, rest = state.router.execute(plan, backend_request, True, record)
-    first_token_at = time.perf_counter()
-    if state.telemetry.metrics:
-        m.child(m.TTFT, model.id).observe(first_token_at - record.started)
+    state.signals.first_token(model.id, time.perf_counter() - record.started)
+    _price(record, model)
+    # The prompt's tokens as the backend reported them up front, else estimated from it (an
+    # upstream reports usage at the end: a stream cut short is charged on the estimate).
+    record.input_tokens = first.input_tokens or estimate_tokens(message_text(backend_request.messages))
     include_usage = bool(chat.stream_options and chat.stream_options.include_usage)
     g.streaming = True
-    response = Response(
-        stream_with_context(_sse(state, record, model, first, rest, include_usage)), mimetype="text/event-stream"
-    )
+    # No stream_with_context: the stream needs no request context (it is handed all it
+    # uses), and copying the context per stream cost CPU for nothing.
+    body = _EventStream(state, record, model, first, rest, include_usage, watch, g.pop("request_id_token", None))
+    response = Response(body, mimetype="text/event-stream")
     response.headers["Cache-Control"] = "no-cache"
     response.headers["X-Accel-Buffering"] = "no"
     return _with_router_headers(response, record)
 
 
-def _sse(
-    state: Services, record: RequestRecord, model: ModelConfig, first: Chunk, rest: Iterator[Chunk], include_usage: bool
-) -> Iterator[str]:
-    base = {"id": f"chatcmpl-{record.request_id}", "object": "chat.completion.chunk", "created": int(time.time()),
-            "model": model.id}
-    record.model = model.id
-    pieces: list[str] = []
-    last = first
-    try:
-        yield _event({**base, "choices": [{"index": 0, "delta": {"role": "assistant", "content": first.text},
-                                            "finish_reason": None}]})
-        pieces.append(first.text)
-        for chunk in rest:
-            last = chunk
-            if chunk.text:
-                pieces.append(chunk.text)
-                yield _event({**base, "choices": [{"index": 0, "delta": {"content": chunk.text}, "finish_reason": None}]})
-        input_tokens, output_tokens = last.input_tokens or 0, last.output_tokens or 0
-        _account(record, model, input_tokens, output_tokens, last.finish_reason or "stop")
-        yield _event({**base, "choices": [{"index": 0, "delta": {}, "finish_reason": record.finish_reason}]})
-        if include_usage:
-            yield _event({**base, "choices": [], "usage": {
-                "prompt_tokens": input_tokens, "completion_tokens": output_tokens,
-                "total_tokens": input_tokens + output_tokens}})
-        yield "data: [DONE]\n\n"
-    except BackendError as error:
-        # Headers are gone already: report the failure in the stream, count it as a 502.
-        record.code = 502
-        record.error_type = error.kind
-        yield _event({"error": {"message": "The model backend failed mid-stream.", "type": "server_error",
-                                "param": None, "code": "backend_error"}})
-        yield "data: [DONE]\n\n"
-    except GeneratorExit:
-        record.code = 499  # the client closed the connection (nginx's convention)
-        raise
-    finally:
-        if state.telemetry.log_content:
-            record.extra["completion"] = "".join(pieces)
-        finish_request(record, 200)
+class _EventStream:
+    """The server-sent events of one stream.
+
+    Every content chunk is counted as it is produced, so a stream that ends early (client
+    gone: 499; backend failure or timeout: 502/504; worker stopping: 503) is charged for the
+    prompt and the tokens it produced. Whatever way it ends - even never iterated, when the
+    server only closes it - the upstream call is closed, the slot freed and the request
+    finished exactly once.
+    """
+
+    def __init__(self, state: Services, record: RequestRecord, model: ModelConfig, first: Chunk, rest: Iterator[Chunk],
+                 include_usage: bool, watch: ClientWatch, log_token) -> None:
+        self.state, self.record, self.model, self.first, self.rest = state, record, model, first, rest
+        self.include_usage, self.watch, self.log_token = include_usage, watch, log_token
+        self.events: Iterator[bytes] | None = None
+        self.done = False
+
+    def __iter__(self) -> Iterator[bytes]:
+        if self.events is None:
+            self.events = self._events()
+        return self.events
+
+    def close(self) -> None:
+        if self.events is not None:
+            self.events.close()  # its own finally ends the stream
+        elif not self.done:
+            _partial(self.record, 499, "client_gone")
+            self._end()
+
+    def _end(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        self.watch.disarm()
+        close = getattr(self.rest, "close", None)
+        if close is not None:
+            close()  # an early end cancels the upstream call and frees the slot
+        finish_request(self.record, 200, self.state)
+        if self.log_token is not None:
+            logs.request_id_var.reset(self.log_token)
+
+    def _events(self) -> Iterator[bytes]:
+        record, first = self.record, self.first
+        prefix = (b'data: {"id":' + orjson.dumps(f"chatcmpl-{record.request_id}")
+                  + b',"object":"chat.completion.chunk","created":' + str(int(time.time())).encode()
+                  + b',"model":' + orjson.dumps(self.model.id) + b',"choices":')
+        pieces: list[str] | None = [] if self.state.telemetry.log_content else None
+        last = first
+        try:
+            try:
+                record.output_tokens = 1 if first.text else 0
+                yield prefix + orjson.dumps([{"index": 0, "delta": {"role": "assistant", "content": first.text},
+                                              "finish_reason": None}]) + b"}\n\n"
+                if pieces is not None:
+                    pieces.append(first.text)
+                for chunk in self.rest:
+                    last = chunk
+                    if chunk.text:
+                        record.output_tokens += 1
+                        if pieces is not None:
+                            pieces.append(chunk.text)
+                        yield prefix + orjson.dumps([{"index": 0, "delta": {"content": chunk.text},
+                                                      "finish_reason": None}]) + b"}\n\n"
+            finally:
+                self.watch.disarm()  # the backend is done: nothing waits on it any more
+                if pieces is not None:
+                    record.extra["completion"] = "".join(pieces)
+            input_tokens = last.input_tokens or record.input_tokens
+            output_tokens = last.output_tokens if last.output_tokens is not None else record.output_tokens
+            _account(record, self.model, input_tokens, output_tokens, last.finish_reason or "stop")
+            yield prefix + orjson.dumps([{"index": 0, "delta": {}, "finish_reason": record.finish_reason}]) + b"}\n\n"
+            if self.include_usage:
+                yield prefix + b'[],"usage":' + orjson.dumps({
+                    "prompt_tokens": input_tokens, "completion_tokens": output_tokens,
+                    "total_tokens": input_tokens + output_tokens}) + b"}\n\n"
+            yield _DONE
+        except BackendError as error:
+            # Headers are gone already: report the failure in the stream, count it as a 502
+            # (504 for a backend that stopped answering).
+            _partial(record, 504 if error.kind == "timeout" else 502, error.kind)
+            yield _event({"error": {"message": "The model backend failed mid-stream.", "type": "server_error",
+                                    "param": None, "code": "backend_error"}})
+            yield _DONE
+        except ServerStopping:
+            _partial(record, 503, "shutdown")
+            yield _event({"error": {"message": "The router is restarting; the answer was cut short.",
+                                    "type": "server_error", "param": None, "code": "server_shutting_down"}})
+            yield _DONE
+        except ClientGone:
+            _partial(record, 499, "client_gone")  # seen by the watch while the backend thought
+        except GeneratorExit:
+            _partial(record, 499, "client_gone")  # the server could not write to the client
+            raise
+        finally:
+            self._end()
+
+
+def _partial(record: RequestRecord, code: int, error_type: str) -> None:
+    """A stream that ended before its backend finished: charged for what it produced."""
+    record.code = code
+    record.error_type = record.error_type or error_type
+    record.finish_reason = None
+    record.cost_usd = record.cost()

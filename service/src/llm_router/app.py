@@ -2,39 +2,37 @@
 
 from __future__ import annotations
 
-import logging
 import os
 import re
 import time
 import uuid
 from dataclasses import dataclass
 
+import orjson
 from flask import Flask, Response, g, request
-from opentelemetry import trace
+from flask.json.provider import JSONProvider
 from opentelemetry.sdk.trace import TracerProvider
 
-from . import __version__
+from . import __version__, concurrency
 from .config import RouterConfig, load_config
 from .errors import register_error_handlers
 from .probes import HealthProber
-from .router import RequestRecord, Router
+from .router import Router
 from .state import ResponseLog, StateStore
 from .telemetry import logs
 from .telemetry import metrics as m
+from .telemetry.signals import RequestRecord, Signals
 from .telemetry.tracing import (
     UNTRACED_PATHS,
-    ServerSpans,
     build_tracer_provider,
     install_dropped_span_filter,
     tracer_for,
 )
 from .tenants import Budgets, TenantDirectory
 
-_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._-]{1,64}")
 # The `method` label takes these values; anything else a client sends counts as "other".
 _METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
-
-_access_log = logging.getLogger(logs.ACCESS_LOGGER)
 
 
 def _switch(name: str, default: bool = True) -> bool:
@@ -70,6 +68,7 @@ class Services:
 
     config: RouterConfig
     telemetry: Telemetry
+    signals: Signals
     store: StateStore
     router: Router
     tenants: TenantDirectory
@@ -104,19 +103,21 @@ def create_app(
     if tracer_provider is not None:
         install_dropped_span_filter(m.SPANS_DROPPED.inc if telemetry.metrics else None)
 
+    signals = Signals(telemetry.metrics, telemetry.logs, tracer, tracer_provider is not None, telemetry.log_content)
     store = StateStore(state_dir)
-    router = Router(config, store, tracer, telemetry.metrics)
+    router = Router(config, store, signals)
     # No static folder: the router serves no files, and its URL rule would be a route label.
     app = Flask(__name__, static_folder=None)
+    app.json = OrjsonProvider(app)
     app.config["MAX_CONTENT_LENGTH"] = config.limits.max_body_bytes
-    app.json.sort_keys = False
     app.extensions["llm_router"] = Services(
         config=config,
         telemetry=telemetry,
+        signals=signals,
         store=store,
         router=router,
         tenants=TenantDirectory(config),
-        budgets=Budgets(config, store, telemetry.metrics),
+        budgets=Budgets(config, store, signals),
         tracer_provider=tracer_provider,
         responses=ResponseLog(store, config.feedback.retention_hours),
         prober=HealthProber(router.slots, config.health_probes, telemetry.metrics),
@@ -130,7 +131,9 @@ def create_app(
             tenant_ids=[t.id for t in config.tenants] + (["anonymous"] if config.auth.allow_anonymous else []),
         )
     register_error_handlers(app)
-    _register_request_hooks(app, ServerSpans(tracer) if tracer_provider is not None else None)
+    _register_request_hooks(app, signals)
+    if concurrency.green():
+        app.wsgi_app = _CountedRequests(app.wsgi_app)
 
     from .admin import admin
     from .api import api
@@ -156,26 +159,71 @@ def create_app(
     return app
 
 
-def _method() -> str:
-    return request.method if request.method in _METHODS else "other"
+class OrjsonProvider(JSONProvider):
+    """Flask's JSON through orjson: encoding a response took a visible share of a request's
+    CPU with the standard library's encoder. Keys keep their insertion order."""
+
+    def dumps(self, obj, **kwargs) -> str:
+        return orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS).decode()
+
+    def loads(self, s, **kwargs):
+        return orjson.loads(s)
+
+    def response(self, *args, **kwargs) -> Response:
+        obj = self._prepare_response_obj(args, kwargs)
+        return self._app.response_class(orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_APPEND_NEWLINE),
+                                        mimetype="application/json")
 
 
-def _register_request_hooks(app: Flask, server_spans: ServerSpans | None) -> None:
+class _CountedRequests:
+    """WSGI middleware: counts requests from their start to the end of their response body
+    (a stream's last byte), so a stopping gevent worker waits for those and not for idle
+    keep-alive connections (worker.py)."""
+
+    def __init__(self, app) -> None:
+        self.app = app
+
+    def __call__(self, environ, start_response):
+        concurrency.request_started()
+        try:
+            body = self.app(environ, start_response)
+        except BaseException:
+            concurrency.request_finished()
+            raise
+        return _Counted(body)
+
+
+class _Counted:
+    __slots__ = ("body", "open")
+
+    def __init__(self, body) -> None:
+        self.body = body
+        self.open = True
+
+    def __iter__(self):
+        return iter(self.body)
+
+    def close(self) -> None:
+        try:
+            close = getattr(self.body, "close", None)
+            if close is not None:
+                close()
+        finally:
+            if self.open:
+                self.open = False
+                concurrency.request_finished()
+
+
+def _register_request_hooks(app: Flask, signals: Signals) -> None:
     def before() -> None:
         incoming = request.headers.get("X-Request-ID", "")
-        request_id = incoming if _REQUEST_ID.match(incoming) else uuid.uuid4().hex
-        g.record = RequestRecord(started=time.perf_counter(), request_id=request_id)
+        request_id = incoming if _REQUEST_ID.fullmatch(incoming) else uuid.uuid4().hex
+        method = request.method if request.method in _METHODS else "other"
+        route = request.url_rule.rule if request.url_rule is not None else "unmatched"
+        record = g.record = RequestRecord(started=time.perf_counter(), request_id=request_id, route=route,
+                                          method=method, path=request.path)
         g.request_id_token = logs.request_id_var.set(request_id)
-        if server_spans is not None and request.path not in UNTRACED_PATHS:
-            route = request.url_rule.rule if request.url_rule is not None else "unmatched"
-            g.server_span = server_spans.start(_method(), route, request.path, request.headers, request.scheme)
-        context = trace.get_current_span().get_span_context()
-        if context.is_valid:
-            g.record.trace_id = format(context.trace_id, "032x")
-            g.record.span_id = format(context.span_id, "016x")
-            g.record.sampled = context.trace_flags.sampled
-        if services().telemetry.metrics:
-            m.HTTP_IN_FLIGHT.inc()
+        signals.request_started(record, request.headers, request.scheme, request.path not in UNTRACED_PATHS)
 
     def after(response: Response) -> Response:
         record: RequestRecord | None = g.get("record")
@@ -187,98 +235,40 @@ def _register_request_hooks(app: Flask, server_spans: ServerSpans | None) -> Non
         if not g.get("streaming"):
             record.code = response.status_code
             finish_request(record, response.status_code)
+            token = g.pop("request_id_token", None)
+            if token is not None:
+                logs.request_id_var.reset(token)
         return response
 
     def teardown(error: BaseException | None) -> None:
         # A request that failed before its response (or a stream never iterated).
-        span = g.pop("server_span", None)
-        if span is not None:
-            ServerSpans.finish(*span, 500)
+        record: RequestRecord | None = g.get("record")
+        if record is not None and not g.get("streaming"):
+            signals.request_failed(record)
+        watch = g.pop("client_watch", None)
+        if watch is not None and not g.get("streaming"):
+            watch.disarm()
 
     app.before_request(before)
     app.after_request(after)
     app.teardown_request(teardown)
 
 
-def finish_request(record: RequestRecord, status: int) -> None:
-    """Metrics and the access line for one request: after the response, or after a stream."""
-    state = services()
-    seconds = time.perf_counter() - record.started
-    route = request.url_rule.rule if request.url_rule is not None else "unmatched"
-    if state.telemetry.metrics:
-        m.HTTP_IN_FLIGHT.dec()
-        m.child(m.HTTP_REQUESTS, route, _method(), str(status)).inc()
-        m.child(m.HTTP_DURATION, route, _method()).observe(seconds, _trace_exemplar(record))
+def finish_request(record: RequestRecord, status: int, state: Services | None = None) -> None:
+    """Charges, metrics and the access line for one request: after the response, or after
+    the last byte of a stream (which passes ``state``: it runs outside the app context)."""
+    state = state or services()
     if record.chat:
-        _finish_chat(state, record, seconds)
-    if state.telemetry.logs:
-        fields = {
-            "method": request.method, "route": route, "path": request.path, "status": status,
-            "duration_ms": round(seconds * 1000, 3),
-        }
-        if record.trace_id:
-            fields["trace_id"], fields["span_id"] = record.trace_id, record.span_id
-        if record.chat:
-            fields.update(
-                tenant=record.tenant, model=record.model, strategy=record.strategy, stream=record.stream,
-                code=record.code, cache=record.cache, attempts=record.attempts, input_tokens=record.input_tokens,
-                output_tokens=record.output_tokens, cost_usd=round(record.cost_usd, 8),
-                finish_reason=record.finish_reason, error_type=record.error_type, over_budget=record.over_budget,
-                **record.extra,
-            )
-        _access_log.info("request completed", extra=fields)
-    span = g.pop("server_span", None)
-    if span is not None:
-        ServerSpans.finish(*span, status)
-    token = g.pop("request_id_token", None)
-    if token is not None:
-        logs.request_id_var.reset(token)
+        _account(state, record)
+    state.signals.request_finished(record, status)
 
 
-def _trace_exemplar(record: RequestRecord) -> dict[str, str] | None:
-    if record.trace_id is None or not record.sampled or m.multiprocess_enabled():
-        return None
-    return {"trace_id": record.trace_id}
-
-
-def finish_reason_label(code: int, finish_reason: str | None) -> str | None:
-    """The `reason` of llm_router_finish_reasons_total for a chat request's outcome.
-
-    None for client errors other than 429 (bad body, unknown model or tenant, budget,
-    strategy): those never reached a model, so they are not counted. A 500 is counted as an
-    error wherever it happened.
-    """
-    if code == 200:
-        return finish_reason if finish_reason in m.FINISH_REASONS else "other"
-    if code == 499:
-        return "cancelled"
-    if code == 429 or code >= 500:
-        return "error"
-    return None
-
-
-def _finish_chat(state: Services, record: RequestRecord, seconds: float) -> None:
+def _account(state: Services, record: RequestRecord) -> None:
+    """Every token delivered is charged: answers, and streams that ended early (the client
+    left, the backend failed or timed out mid-stream, the worker stopped) for the tokens
+    they produced. Answered requests (and cache hits) can be rated."""
+    if record.cost_usd > 0 and record.cache != "hit":
+        state.budgets.charge(record.tenant, record.cost_usd)
     if record.code == 200:
-        if record.cache != "hit":
-            state.budgets.charge(record.tenant, record.cost_usd)
         # So feedback can name this answer, on any worker (buffered, stored in batches: state.ResponseLog).
         state.responses.record(record.request_id, record.tenant, record.model)
-    if not state.telemetry.metrics:
-        return
-    m.child(m.CHAT_REQUESTS, record.tenant, record.model, record.strategy, str(record.code)).inc()
-    reason = finish_reason_label(record.code, record.finish_reason)
-    if reason is not None:
-        m.child(m.FINISH_REASONS_TOTAL, record.model, reason).inc()
-    if record.code == 200:
-        # Latency of answered requests only: fast rejections would flatter the latency SLO
-        # (errors have their own SLO, on the counter above).
-        m.child(m.CHAT_DURATION, record.model, "true" if record.stream else "false").observe(
-            seconds, _trace_exemplar(record)
-        )
-        m.child(m.TENANT_DURATION, record.tenant).observe(seconds)
-        m.OVERHEAD.observe(max(0.0, seconds - record.backend_seconds))
-    if record.input_tokens or record.output_tokens:
-        m.child(m.TOKENS, record.tenant, record.model, "input").inc(record.input_tokens)
-        m.child(m.TOKENS, record.tenant, record.model, "output").inc(record.output_tokens)
-    if record.cost_usd:
-        m.child(m.COST, record.tenant, record.model).inc(record.cost_usd)

@@ -1,8 +1,12 @@
 """gunicorn settings for the router: `gunicorn -c python:llm_router.gunicorn_conf`.
 
-Workers and threads come from the environment. With more than one worker the metrics use
-prometheus_client's multiprocess mode: its directory is wiped when the master starts and
-each dead worker's files are marked, so totals stay exact across workers and restarts.
+The worker model comes from the environment: gevent workers by default (an in-flight call
+costs a greenlet, so a worker holds LLM_ROUTER_WORKER_CONNECTIONS of them; worker.py), or
+gunicorn's gthread workers (LLM_ROUTER_WORKER_CLASS=gthread, a thread per call, kept for
+comparison). With more than one worker the metrics use prometheus_client's multiprocess
+mode: its directory is wiped when the master starts and each dead worker's files are
+marked, so totals stay exact across workers and restarts. The master also creates the
+container's backend concurrency slots (resilience.SharedSlots) before the workers fork.
 """
 
 from __future__ import annotations
@@ -17,17 +21,31 @@ from pathlib import Path
 # the multiprocess directory before anything imports it (hence no imports of it up here).
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
+WORKER_CLASSES = {"gevent": "llm_router.worker.RouterGeventWorker", "gthread": "gthread"}
+
 wsgi_app = "llm_router.wsgi:app"
-bind = os.environ.get("LLM_ROUTER_BIND", "0.0.0.0:8080")
+# Loopback unless told otherwise: the container image sets 0.0.0.0:8080.
+bind = os.environ.get("LLM_ROUTER_BIND", "127.0.0.1:8080")
 workers = int(os.environ.get("LLM_ROUTER_WORKERS", "2"))
+WORKER_CLASS = os.environ.get("LLM_ROUTER_WORKER_CLASS", "gevent").strip().lower()
+if WORKER_CLASS not in WORKER_CLASSES:
+    raise SystemExit(f"LLM_ROUTER_WORKER_CLASS={WORKER_CLASS!r}: use one of {', '.join(WORKER_CLASSES)}")
+worker_class = WORKER_CLASSES[WORKER_CLASS]
+# gevent: concurrent connections per worker (each in-flight call holds one, plus its
+# upstream socket). gthread: threads per worker, the calls it can hold at once.
+worker_connections = int(os.environ.get("LLM_ROUTER_WORKER_CONNECTIONS", "1000"))
 threads = int(os.environ.get("LLM_ROUTER_THREADS", "8"))
-worker_class = "gthread"
-# Streams can run for minutes; the worker heartbeat must outlast a slow generation.
-timeout = int(os.environ.get("LLM_ROUTER_WORKER_TIMEOUT", "300"))
-graceful_timeout = int(os.environ.get("LLM_ROUTER_GRACEFUL_TIMEOUT", "10"))
+# The worker heartbeat: a gevent worker beats from its own greenlet whatever its requests
+# do, so this only catches a worker whose loop is stuck. A gthread worker beats between
+# requests, so there it must outlast the longest stream.
+timeout = int(os.environ.get("LLM_ROUTER_WORKER_TIMEOUT", "30" if WORKER_CLASS == "gevent" else "300"))
+# How long a stop lets open requests and streams finish (the master kills workers after
+# it; a gevent worker ends what is left a few seconds before, see worker.py).
+graceful_timeout = int(os.environ.get("LLM_ROUTER_GRACEFUL_TIMEOUT", "20"))
 keepalive = 5
+backlog = 4096
 # How long a stopping worker may spend sending its last spans.
-SPAN_FLUSH_SECONDS = float(os.environ.get("LLM_ROUTER_SPAN_FLUSH_SECONDS", "2"))
+SPAN_FLUSH_SECONDS = float(os.environ.get("LLM_ROUTER_SPAN_FLUSH_SECONDS", "1.5"))
 # The app writes its own JSON access line (with tenant, model, trace id).
 accesslog = None
 # gunicorn >= 25.1 opens a control socket in $HOME by default; the router needs none.
@@ -42,8 +60,13 @@ PROCESS_DIR_ENV = "LLM_ROUTER_PROCESS_DIR"
 _shm = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
 os.environ.setdefault(PROCESS_DIR_ENV, str(Path(_shm) / f"llm-router-process-{os.getpid()}"))
 
+# A metrics directory this master made itself (not one given in the environment) is
+# removed when it stops.
+_OWN_METRICS_DIR: list[str] = []
 if workers > 1:
-    os.environ.setdefault(MULTIPROC_ENV, str(Path(tempfile.gettempdir()) / f"llm-router-metrics-{os.getpid()}"))
+    if not os.environ.get(MULTIPROC_ENV):
+        _OWN_METRICS_DIR.append(tempfile.mkdtemp(prefix="llm-router-metrics-"))  # private: 0700, unguessable
+        os.environ[MULTIPROC_ENV] = _OWN_METRICS_DIR[0]
 else:
     # One worker: the in-memory registry, which also renders exemplars (trace ids).
     os.environ.pop(MULTIPROC_ENV, None)
@@ -62,14 +85,28 @@ def on_starting(server) -> None:
     """
     os.environ[MASTER_PID_ENV] = str(os.getpid())
     _start_process_health(server)
+    _create_shared_limits(server)
     directory = os.environ.get(MULTIPROC_ENV)
     if not directory:
         return
     path = Path(directory)
     if path.exists():
         shutil.rmtree(path)
-    path.mkdir(parents=True)
+    path.mkdir(parents=True, mode=0o700)
     server.log.info("metrics multiprocess directory ready: %s", path)
+
+
+def _create_shared_limits(server) -> None:
+    """One semaphore per model holding its max_concurrency, for all workers together."""
+    from llm_router.config import ConfigError, load_config
+    from llm_router.resilience import SHARED_LIMITS_ENV, create_set
+
+    try:
+        config = load_config()
+        os.environ[SHARED_LIMITS_ENV] = create_set({m.id: m.max_concurrency for m in config.models})
+    except (ConfigError, OSError) as error:
+        # The workers then limit each their own calls (and fail on a bad config themselves).
+        server.log.warning("concurrency limits are per worker, not shared: %s", error)
 
 
 # LLM_ROUTER_METRICS_BIND (host:port): with several workers, /metrics is also served by a
@@ -121,6 +158,12 @@ def post_fork(server, worker) -> None:
 
     if os.environ.get(PROCESS_DIR_ENV):
         process.record_gc(os.environ[PROCESS_DIR_ENV])  # never raises: no GC counts at worst
+
+
+def post_worker_init(worker) -> None:
+    """One worker: it serves LLM_ROUTER_METRICS_BIND itself, from a thread of its own - a
+    greenlet in a gevent worker, since this runs after the worker patched the standard
+    library (a real thread started before the patch deadlocked on the registry's locks)."""
     bind = os.environ.get(METRICS_BIND_ENV, "").strip()
     if bind and not os.environ.get(MULTIPROC_ENV):
         from llm_router.telemetry import metrics, metrics_server
@@ -128,7 +171,7 @@ def post_fork(server, worker) -> None:
         try:
             metrics_server.serve_in_thread(bind, metrics.exposition_registry())
         except (OSError, ValueError) as error:
-            server.log.error("metrics not served on %s: %s", bind, error)
+            worker.log.error("metrics not served on %s: %s", bind, error)
 
 
 def child_exit(server, worker) -> None:
@@ -148,30 +191,35 @@ def on_exit(server) -> None:
     once it is empty."""
     from llm_router.telemetry import metrics_server, process
 
+    from llm_router.resilience import SHARED_LIMITS_ENV, remove_set
+
     pid = _metrics_server.pop("pid", None)
     metrics_server.stop(pid)
     if pid and os.environ.get(PROCESS_DIR_ENV):
         process.forget(os.environ[PROCESS_DIR_ENV], pid)
     if os.environ.get(PROCESS_DIR_ENV):
         process.remove_directory(os.environ[PROCESS_DIR_ENV])
+    if os.environ.get(SHARED_LIMITS_ENV):
+        remove_set(os.environ[SHARED_LIMITS_ENV])
+    for directory in _OWN_METRICS_DIR:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def worker_exit(server, worker) -> None:
-    """Flush the worker's buffered spans, for at most a few seconds.
+    """Store what the worker still holds - charges and answers first, then spans - within
+    the few seconds the worker keeps for it before the master's kill (worker.py).
 
     The exporter's own shutdown retries each batch until its timeout: with the collector
-    down that would hold a graceful stop for tens of seconds. The flush runs on a daemon
-    thread instead, and the worker leaves when the budget is spent.
+    down that would hold a graceful stop for tens of seconds. The span flush runs on a
+    daemon thread instead, and the worker leaves when its budget is spent.
     """
     from llm_router.telemetry.tracing import flush_dropped_spans
     from llm_router.wsgi import app
 
     services = app.extensions["llm_router"]
-    prober = getattr(services, "prober", None)
-    if prober is not None:
-        prober.stop(timeout=1)
-    services.responses.close()  # answers still buffered, so feedback can find them
-    services.budgets.close()  # charges still buffered
+    services.prober.stop(timeout=0)  # no waiting for a probe in progress: it sends nothing
+    services.budgets.close()  # money first
+    services.responses.close()  # then the answers feedback needs
     provider = services.tracer_provider
     if provider is None:
         return

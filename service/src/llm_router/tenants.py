@@ -15,7 +15,6 @@ from .config import RouterConfig
 from .errors import APIError
 from .state import PeriodicWriter, StateStore
 from .telemetry import logs
-from .telemetry import metrics as m
 
 ANONYMOUS = "anonymous"
 OTHER = "other"
@@ -82,20 +81,19 @@ class Budgets:
     REFRESH_SECONDS = 1.0
     FLUSH_SECONDS = 0.05
 
-    def __init__(self, config: RouterConfig, store: StateStore, metrics_on: bool) -> None:
+    def __init__(self, config: RouterConfig, store: StateStore, signals) -> None:
         self.limits = {t.id: t.monthly_budget_usd for t in config.tenants if t.monthly_budget_usd}
         self.action = config.budgets.on_exhausted
         self.thresholds = sorted(config.budgets.alert_thresholds)
         self.store = store
-        self.metrics_on = metrics_on
+        self.signals = signals
         self._lock = threading.Lock()
         self._flush_lock = threading.Lock()
         self._known: dict[str, tuple[float, float]] = {}  # tenant -> (stored spend, read at)
         self._pending: dict[str, float] = {}  # tenant -> charged here, not stored yet
         self._writer = PeriodicWriter("budget-writer", self.flush, lambda: self.FLUSH_SECONDS, "tenant spend")
-        if metrics_on:
-            for tenant in self.limits:
-                m.child(m.TENANT_SPEND, tenant).set(store.spend(tenant))
+        for tenant in self.limits:
+            signals.tenant_spend(tenant, store.spend(tenant))
 
     def check(self, tenant: str) -> bool:
         """True when the tenant is over budget and the request may still go ahead
@@ -104,14 +102,12 @@ class Budgets:
         if limit is None:
             return False
         spend = self._spend(tenant)
-        if self.metrics_on:
-            # Kept current on every request, so a new month shows at once (not at the next charge).
-            m.child(m.TENANT_SPEND, tenant).set(spend)
+        # Kept current on every request, so a new month shows at once (not at the next charge).
+        self.signals.tenant_spend(tenant, spend)
         if spend < limit:
             return False
         action = "rejected" if self.action == "reject" else "flagged"
-        if self.metrics_on:
-            m.child(m.BUDGET_EXCEEDED, tenant, action).inc()
+        self.signals.budget_exceeded(tenant, action)
         if self.action == "reject":
             raise APIError(
                 402, f"Tenant {tenant!r} has used its monthly budget of ${limit:.2f}.",
@@ -150,8 +146,7 @@ class Budgets:
                     raise
                 with self._lock:
                     self._known[tenant] = (after, time.monotonic())
-                if self.metrics_on:
-                    m.child(m.TENANT_SPEND, tenant).set(after + self._pending.get(tenant, 0.0))
+                self.signals.tenant_spend(tenant, after + self._pending.get(tenant, 0.0))
                 self._crossings(tenant, before, after)
 
     def _crossings(self, tenant: str, before: float, after: float) -> None:

@@ -136,5 +136,6 @@ class SimulatedBackend:
         for index, word in enumerate(self._words(output_tokens)):
             if index:
                 self._wait(per_token)
-            yield Chunk(word if index == 0 else " " + word)
+            # The first chunk says what the prompt cost: a stream cut short is charged for it.
+            yield Chunk(" " + word) if index else Chunk(word, input_tokens=input_tokens)
         yield Chunk("", finish_reason, input_tokens, output_tokens)
