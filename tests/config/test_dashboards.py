@@ -653,12 +653,12 @@ def test_literal_dollars_are_escaped_in_provisioning():
 
 def test_exemplars_link_the_label_the_router_emits_to_jaeger(monkeypatch):
     from opentelemetry import trace
-    from llm_router import router
+    from llm_router.telemetry.signals import Signals
 
     monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
     span = trace.NonRecordingSpan(trace.SpanContext(trace_id=0xABC, span_id=0xDEF, is_remote=False,
                                                     trace_flags=trace.TraceFlags(trace.TraceFlags.SAMPLED)))
-    exemplar = router.exemplar_for(span)
+    exemplar = Signals.span_exemplar(span)
     assert exemplar is not None and len(exemplar) == 1, exemplar
     label = next(iter(exemplar))
     destinations = DATASOURCES["prometheus"]["jsonData"]["exemplarTraceIdDestinations"]

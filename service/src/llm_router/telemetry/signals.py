@@ -279,7 +279,7 @@ class Signals:
             m.child(m.BACKEND_IN_FLIGHT, attempt.model_id).dec()
             if outcome != "cancelled":
                 m.child(m.BACKEND_DURATION, attempt.model_id, attempt.provider).observe(
-                    seconds, self._span_exemplar(attempt.span)
+                    seconds, self.span_exemplar(attempt.span)
                 )
         return seconds
 
@@ -316,7 +316,7 @@ class Signals:
         return seconds
 
     @staticmethod
-    def _span_exemplar(span: trace.Span) -> dict[str, str] | None:
+    def span_exemplar(span: trace.Span) -> dict[str, str] | None:
         """A trace_id exemplar, only where it can be rendered (single-process metrics)."""
         if m.multiprocess_enabled():
             return None
