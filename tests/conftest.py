@@ -27,6 +27,15 @@ os.environ.setdefault("LLM_ROUTER_SIM_TIME_SCALE", "0")
 os.environ.setdefault("OTEL_TRACES_EXPORTER", "none")
 
 
+SHIPPED_KEYS = {tenant["id"]: tenant["api_keys"][0] for tenant in yaml.safe_load(DEFAULT_CONFIG.read_text())["tenants"]}
+
+
+def as_tenant(tenant: str) -> dict[str, str]:
+    """Headers that act as a configured tenant: its API key (a tenant with keys is reachable
+    only with one of them)."""
+    return {"Authorization": f"Bearer {SHIPPED_KEYS[tenant]}"}
+
+
 def chat_body(model: str = "auto", content: str = "hello", **extra) -> dict:
     return {"model": model, "messages": [{"role": "user", "content": content}], **extra}
 
@@ -69,12 +78,10 @@ def make_app(tmp_path):
         return app
 
     yield build
-    # Each app probes its backends and stores its answers on threads of its own: stop them
+    # Each app probes its backends and stores its charges on threads of its own: stop them
     # with the test.
     for app in built:
-        app.extensions["llm_router"].prober.stop(timeout=5)
-        app.extensions["llm_router"].responses.close()
-        app.extensions["llm_router"].budgets.close()
+        app.extensions["llm_router"].close()
 
 
 @pytest.fixture

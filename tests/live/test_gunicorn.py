@@ -14,7 +14,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from conftest import chat_body, metric_sum, parse_metrics
+from conftest import chat_body, metric_sum, parse_metrics, as_tenant
 
 pytestmark = pytest.mark.live
 
@@ -29,7 +29,7 @@ def test_four_workers_report_exact_totals(live_router):
     tenants = ["search", "support", "research", "internal-tools"]
 
     def send(i: int) -> int:
-        headers = {"X-Tenant-ID": tenants[i % 4], "Cache-Control": "no-cache"}
+        headers = {**as_tenant(tenants[i % 4]), "Cache-Control": "no-cache"}
         return requests.post(f"{router.url}/v1/chat/completions", json=chat_body(), headers=headers, timeout=10).status_code
 
     with ThreadPoolExecutor(8) as pool:
@@ -216,7 +216,7 @@ def test_metrics_process_serves_the_same_totals_outside_the_request_workers(live
     sent = 40
     for i in range(sent):
         response = requests.post(f"{router.url}/v1/chat/completions", json=chat_body(),
-                                 headers={"Cache-Control": "no-cache", "X-Tenant-ID": "search"}, timeout=10)
+                                 headers={"Cache-Control": "no-cache", **as_tenant("search")}, timeout=10)
         assert response.status_code == 200
     separate = parse_metrics(requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text)
     inline = scrape(router)

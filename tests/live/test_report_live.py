@@ -14,7 +14,7 @@ from collections import Counter, defaultdict
 import pytest
 import requests
 
-from conftest import chat_body, config_dict
+from conftest import as_tenant, chat_body, config_dict
 from harness import stack  # noqa: F401 (a fixture)
 
 pytestmark = pytest.mark.live
@@ -55,7 +55,7 @@ def send(url: str, sent: Sent, count: int, offset: int = 0, models: list[str] = 
     session = requests.Session()
     for i in range(offset, offset + count):
         tenant = TENANTS[i % len(TENANTS)]
-        headers = {"Cache-Control": "no-cache", **({"X-Tenant-ID": tenant} if tenant else {})}
+        headers = {"Cache-Control": "no-cache", **(as_tenant(tenant) if tenant else {})}
         label = tenant or "anonymous"
         body = chat_body(models[i % len(models)], f"report request {i}", **extra)
         stream = i % 7 == 3
@@ -76,14 +76,14 @@ def send(url: str, sent: Sent, count: int, offset: int = 0, models: list[str] = 
 def send_rejected(url: str, sent: Sent) -> None:
     """Client errors: an unknown model (404), a bad body (400), an unknown tenant (403)."""
     for tenant in ("search", "research", None):
-        headers = {"X-Tenant-ID": tenant} if tenant else {}
+        headers = as_tenant(tenant) if tenant else {}
         response = requests.post(f"{url}/v1/chat/completions", json=chat_body("no-such-model"), headers=headers,
                                  timeout=10)
         assert response.status_code == 404
         sent.add(tenant or "anonymous", 404)
     for tenant in ("support", "internal-tools"):
         response = requests.post(f"{url}/v1/chat/completions", json={"model": "sim-fast", "messages": "nope"},
-                                 headers={"X-Tenant-ID": tenant}, timeout=10)
+                                 headers=as_tenant(tenant), timeout=10)
         assert response.status_code == 400
         sent.add(tenant, 400)
     response = requests.post(f"{url}/v1/chat/completions", json=chat_body("sim-fast"),

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 
-from conftest import chat_body
+from conftest import chat_body, as_tenant
 
 
 def test_completion_has_usage_and_router_headers(client):
-    response = client.post("/v1/chat/completions", json=chat_body(), headers={"X-Tenant-ID": "search"})
+    response = client.post("/v1/chat/completions", json=chat_body(), headers={**as_tenant("search")})
     assert response.status_code == 200
     body = response.get_json()
     assert body["object"] == "chat.completion"
@@ -34,7 +34,7 @@ def test_stream_is_server_sent_events_ending_in_done(client):
     response = client.post(
         "/v1/chat/completions",
         json=chat_body("sim-fast", stream=True, stream_options={"include_usage": True}),
-        headers={"X-Tenant-ID": "support"},
+        headers={**as_tenant("support")},
     )
     assert response.status_code == 200
     assert response.mimetype == "text/event-stream"

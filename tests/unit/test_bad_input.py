@@ -178,6 +178,19 @@ CASES = [
             headers={"Authorization": f"Bearer {KEY_OF['search']}", "X-Tenant-ID": "support"}, param="X-Tenant-ID"),
         id="api-key-of-another-tenant",
     ),
+    # A tenant with keys is reachable only with one of them: its header alone is 401, and a
+    # wrong or unknown key is 401 whatever the header says.
+    pytest.param(Bad(401, "missing_api_key", body=chat_body(), headers={"X-Tenant-ID": "research"}),
+                 id="tenant-with-keys-by-header-alone"),
+    pytest.param(Bad(401, "invalid_api_key", body=chat_body(),
+                     headers={"Authorization": "Bearer sk-wrong-key", "X-Tenant-ID": "research"}),
+                 id="wrong-key-with-tenant-header"),
+    pytest.param(Bad(401, "invalid_api_key", body=chat_body(), headers={"Authorization": "Bearer sk-wrong-key"}),
+                 id="unknown-key"),
+    pytest.param(Bad(401, "invalid_api_key", body=chat_body(), headers={"Authorization": "Basic c2VhcmNoOng="}),
+                 id="not-a-bearer-key"),
+    pytest.param(Bad(401, "invalid_api_key", body=chat_body(), headers={"Authorization": "Bearer "}),
+                 id="empty-bearer-key"),
     # The tenant is checked before the body: an unknown tenant with a bad body is still a 403.
     pytest.param(Bad(403, "unknown_tenant", data="{not json", headers={"X-Tenant-ID": JUNK_TENANT}),
                  id="unknown-tenant-and-bad-json"),
@@ -266,7 +279,7 @@ def test_bad_input_adds_no_metric_label_values(client):
     """After the whole table (plus a few valid requests), tenant and model labels only take
     configured values, "other"/"anonymous" and "auto"/"unknown"; nothing a client made up."""
     before = parse_metrics(client.get("/metrics").get_data(as_text=True))
-    ok = client.post(CHAT, json=chat_body(), headers={"X-Tenant-ID": "search"})
+    ok = client.post(CHAT, json=chat_body(), headers={"Authorization": f"Bearer {KEY_OF['search']}"})
     assert ok.status_code == 200
     for bad in BAD:
         response = bad.send(client)
@@ -304,6 +317,7 @@ def test_bad_input_adds_no_metric_label_values(client):
         )
 
     assert grew(tenant="other", code="403"), "unknown tenants count as tenant=other"
+    assert grew(tenant="other", code="401"), "callers without a valid key count as tenant=other"
     assert grew(tenant="anonymous", model="unknown", code="404"), "unknown models count as model=unknown"
     assert grew(model="unknown", code="400")
     assert grew(code="413") and grew(code="415")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import gc
 import json
 import re
+import time
 
 import pytest
 from opentelemetry.sdk.trace import TracerProvider
@@ -21,7 +22,8 @@ from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as openmetrics_families
 from prometheus_client.parser import text_string_to_metric_families
 
-from conftest import REPO, captured_json_lines, chat_body, parse_metrics, stuck_span_queue
+from llm_router.state import Charge
+from conftest import REPO, captured_json_lines, chat_body, parse_metrics, stuck_span_queue, as_tenant, SHIPPED_KEYS
 
 DOC = REPO / "docs" / "metrics.md"
 ADMIN_TOKEN = "catalogue-admin-token"
@@ -214,7 +216,7 @@ def drive_traffic(client, app, monkeypatch) -> None:
     store = app.extensions["llm_router"].store
 
     def chat(body: dict, tenant: str | None = None):
-        headers = {"X-Tenant-ID": tenant} if tenant else {}
+        headers = (as_tenant(tenant) if tenant in SHIPPED_KEYS else {"X-Tenant-ID": tenant}) if tenant else {}
         response = client.post("/v1/chat/completions", json=body, headers=headers)
         response.get_data()  # drain streams, so they finish
         return response
@@ -233,16 +235,22 @@ def drive_traffic(client, app, monkeypatch) -> None:
     assert client.get("/v1/models").status_code == 200
 
     # Budgets: one tenant over its budget (rejected), one crossing an alert threshold.
-    store.add_spend("internal-tools", 1_000.0)
+    ledger = app.extensions["llm_router"].ledger
+
+    def spent(tenant: str, usd: float) -> None:  # as if another process had stored it
+        store.apply([Charge(f"elsewhere:{tenant}:{usd}", "elsewhere", tenant, "sim-fast", time.time(), 0, 0, usd, 200)])
+        ledger.refresh()
+
+    spent("internal-tools", 1_000.0)
     assert chat(chat_body(content="catalogue: broke"), "internal-tools").status_code == 402
-    store.add_spend("search", 250.0 - store.spend("search") - 1e-9)  # just under 50% of 500
+    spent("search", 250.0 - store.spend("search") - 1e-9)  # just under 50% of 500
     assert chat(chat_body(content="catalogue: spend"), "search").status_code == 200
-    app.extensions["llm_router"].budgets.flush()  # the crossing is logged when the charge is written
+    ledger.drain()  # the crossing is logged when the charge is stored
 
     # Feedback on the first answer: accepted once (with a free-text comment), then a 409.
     rated = {"response_id": first.get_json()["id"], "thumbs": "up", "reason": "other", "comment": "catalogue: nice"}
-    assert client.post("/v1/feedback", json=rated, headers={"X-Tenant-ID": "search"}).status_code == 201
-    assert client.post("/v1/feedback", json=rated, headers={"X-Tenant-ID": "search"}).status_code == 409
+    assert client.post("/v1/feedback", json=rated, headers={**as_tenant("search")}).status_code == 201
+    assert client.post("/v1/feedback", json=rated, headers={**as_tenant("search")}).status_code == 409
 
     # A fault on a model with fallbacks: each request retries it, then falls back; after
     # failure_threshold failures its circuit opens and the next request is rejected there.
@@ -257,6 +265,63 @@ def drive_traffic(client, app, monkeypatch) -> None:
     probed = app.extensions["llm_router"].prober.probe_all()
     assert probed["sim-frontier"] is False and probed["sim-fast"] is True
     assert client.delete("/admin/faults", headers=admin).status_code == 200
+    drive_ledger(client, app, monkeypatch)
+
+
+def drive_ledger(client, app, monkeypatch) -> None:
+    """The ledger's events and metrics: a store that fails then recovers, the journal of a
+    process that died (a stream cut short, a finished request it had not counted), a stray
+    file among the journals, and the state file deleted, then replaced, under the router."""
+    import os
+    import sqlite3
+
+    from llm_router.ledger import Journal
+    from llm_router.state import StoreError
+
+    ledger = app.extensions["llm_router"].ledger
+    ledger._stop.set()  # this test runs the loop's rounds itself
+    if ledger._thread is not None:
+        ledger._thread.join(5)
+    store = ledger.store
+    ledger.drain()
+
+    def failing(charges):
+        raise StoreError("catalogue: the disk is full")
+
+    monkeypatch.setattr(store, "apply", failing)
+    assert client.post("/v1/chat/completions", json=chat_body(content="catalogue: waits"),
+                       headers={"Cache-Control": "no-cache"}).status_code == 200
+    ledger.tick()
+    assert ledger.waiting == 1
+    monkeypatch.undo()
+    ledger._next_try = 0.0
+    ledger.tick()
+    assert ledger.waiting == 0
+
+    dead = Journal(ledger.journal.directory, 8)
+    streaming, finished = dead.take(), dead.take()
+    dead.write(streaming, 1, 0, time.time(), 12, 3, 0.001, 0.002, "research", "sim-fast", "catalogue-cut-short")
+    dead.write(finished, 2, 200, time.time(), 12, 30, 0.001, 0.002, "research", "sim-fast", "catalogue-uncounted")
+    dead.map.close()
+    os.close(dead.fd)  # the process "dies": its lock is free, its journal stays
+    (ledger.journal.directory / "journal-stray.bin").write_bytes(b"not a journal")
+    assert ledger.sweep() == 2
+
+    for suffix in ("", "-wal", "-shm"):
+        try:
+            os.unlink(f"{store.path}{suffix}")
+        except FileNotFoundError:
+            pass
+    assert client.post("/v1/chat/completions", json=chat_body(content="catalogue: after rm"),
+                       headers={"Cache-Control": "no-cache"}).status_code == 200
+    ledger.tick()
+    assert store.path.exists() and ledger.waiting == 0
+    copy = sqlite3.connect(f"{store.path}.copy")
+    with sqlite3.connect(store.path) as original:
+        original.backup(copy)
+    copy.close()
+    os.replace(f"{store.path}.copy", store.path)
+    assert store.spend("research") > 0
 
 
 # --- metrics -------------------------------------------------------------------------------------

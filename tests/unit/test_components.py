@@ -8,10 +8,11 @@ import pytest
 
 from conftest import config_dict, quiet_models
 from llm_router.cache import ResponseCache, cache_key
-from llm_router.config import ConfigError, load_config, parse_config
+from llm_router.config import ConfigError, TenantConfig, load_config, parse_config
 from llm_router.resilience import CLOSED, HALF_OPEN, OPEN, CircuitBreaker, ConcurrencyLimiter, backoff_delay
 from llm_router.routing import LatencyTracker, candidates, rank
-from llm_router.state import StateStore
+from llm_router.ledger import Ledger
+from llm_router.state import SQLiteStore
 from llm_router.telemetry.signals import Signals
 from llm_router.tenants import ANONYMOUS, Budgets, TenantDirectory
 from llm_router.errors import APIError
@@ -157,17 +158,34 @@ def test_cache_keys_differ_per_tenant_and_parameters():
 # --- tenants and budgets -------------------------------------------------------------------
 
 
+def _status(tenants: TenantDirectory, authorization, header) -> tuple[int, str]:
+    with pytest.raises(APIError) as error:
+        tenants.resolve(authorization, header)
+    return error.value.status, error.value.code
+
+
 def test_tenant_resolution(config):
-    tenants = TenantDirectory(config)
+    keyless = config.model_copy(update={"tenants": (*config.tenants, TenantConfig(id="lab"))})
+    tenants = TenantDirectory(keyless)
     assert tenants.resolve("Bearer sk-demo-search", None) == "search"
-    assert tenants.resolve(None, "support") == "support"
-    assert tenants.resolve("Bearer sk-unknown", None) == ANONYMOUS
-    with pytest.raises(APIError) as unknown:
-        tenants.resolve(None, "nobody")
-    assert unknown.value.status == 403
-    with pytest.raises(APIError) as mismatch:
-        tenants.resolve("Bearer sk-demo-search", "support")
-    assert mismatch.value.code == "tenant_mismatch"
+    assert tenants.resolve("Bearer sk-demo-search", "search") == "search"
+    assert tenants.resolve(None, "lab") == "lab", "a tenant without keys is named by its header"
+    assert tenants.resolve(None, None) == ANONYMOUS
+    # A tenant with keys cannot be borrowed: no key, a wrong key or another tenant's key.
+    assert _status(tenants, None, "support") == (401, "missing_api_key")
+    assert _status(tenants, "Bearer sk-unknown", "support") == (401, "invalid_api_key")
+    assert _status(tenants, "Bearer sk-unknown", None) == (401, "invalid_api_key")
+    assert _status(tenants, "Bearer sk-unknown", "lab") == (401, "invalid_api_key")
+    assert _status(tenants, "Basic abc", None) == (401, "invalid_api_key")
+    assert _status(tenants, "Bearer sk-demo-search", "support") == (403, "tenant_mismatch")
+    assert _status(tenants, None, "nobody") == (403, "unknown_tenant")
+
+
+def test_trusted_tenant_header_is_opt_in(config):
+    trusting = config.model_copy(update={"auth": config.auth.model_copy(update={"trust_tenant_header": True})})
+    tenants = TenantDirectory(trusting)
+    assert tenants.resolve(None, "support") == "support", "behind a gateway that authenticated the caller"
+    assert _status(tenants, "Bearer sk-unknown", "support") == (401, "invalid_api_key"), "a wrong key is still wrong"
 
 
 def test_required_api_key(config):
@@ -179,44 +197,57 @@ def test_required_api_key(config):
     assert tenants.resolve("Bearer sk-demo-search", "search") == "search"
 
 
+def charge(ledger: Ledger, tenant: str, usd: float, request_id: str = "r") -> None:
+    """A finished request costing ``usd`` (1,000 input tokens at ``usd`` per 1k)."""
+    entry = ledger.reserve()
+    ledger.finish(entry, tenant, "m", request_id, 200, 1000, 0, usd, 0.0)
+
+
+def worker(config, directory, signals=None) -> tuple[Ledger, Budgets]:
+    """One worker's ledger and budgets on the shared state directory; its sync loop is not
+    started, so the test decides when it stores and reads."""
+    ledger = Ledger(SQLiteStore(directory), directory)
+    ledger.start = lambda: None
+    budgets = Budgets(config, ledger, signals or Signals.off())
+    ledger.on_crossing = budgets.crossed
+    return ledger, budgets
+
+
 def test_budget_is_shared_through_the_store_and_crossings_fire_once(tmp_path, config, caplog):
-    store = StateStore(tmp_path)
-    budgets = Budgets(config, store, Signals.off())
-    other_worker = Budgets(config, StateStore(tmp_path), Signals.off())
-    # Writer periods far away: this test decides when each worker writes its charges.
-    budgets.FLUSH_SECONDS = other_worker.FLUSH_SECONDS = 3600
+    ledger, budgets = worker(config, tmp_path)
+    other_ledger, other_worker = worker(config, tmp_path)
+    store = ledger.store
     with caplog.at_level("INFO", logger="llm_router.events"):
-        budgets.charge("internal-tools", 12)
-        budgets.charge("internal-tools", 8)
-        assert store.spend("internal-tools") == 0, "charges are buffered until the writer runs"
-        assert budgets._spend("internal-tools") == pytest.approx(20), "but this worker counts them at once"
-        budgets.flush()  # 40% of 50
-        other_worker.charge("internal-tools", 10)
-        other_worker.flush()  # 60%: crosses 50%
-        budgets.charge("internal-tools", 1)
-        budgets.flush()
+        charge(ledger, "internal-tools", 12)
+        charge(ledger, "internal-tools", 8)
+        assert store.spend("internal-tools") == 0, "charges wait in the journal until the sync loop stores them"
+        assert ledger.spend("internal-tools") == pytest.approx(20), "but this worker counts them at once"
+        ledger.drain()  # 40% of 50
+        charge(other_ledger, "internal-tools", 10)
+        other_ledger.drain()  # 60%: crosses 50%
+        charge(ledger, "internal-tools", 1)
+        ledger.drain()
     crossings = [r for r in caplog.records if getattr(r, "event", "") == "budget_threshold_crossed"]
     assert [r.threshold for r in crossings] == [0.5]
     assert store.spend("internal-tools") == pytest.approx(31)
     assert not budgets.check("internal-tools")
-    other_worker.charge("internal-tools", 19)
-    other_worker.close()  # a stopping worker writes what is left
-    # A worker sees another worker's spending within REFRESH_SECONDS: not before...
-    budgets.REFRESH_SECONDS = 3600
+    charge(other_ledger, "internal-tools", 19)
+    assert other_ledger.close(), "a stopping worker stores what is left"
+    # A worker sees another worker's spending when its loop reads the totals: not before...
     assert not budgets.check("internal-tools"), "read from this worker's recent view"
-    # ...and once it has passed (0 here), at once.
-    budgets.REFRESH_SECONDS = 0
+    ledger.refresh()
     with pytest.raises(APIError) as over:
         budgets.check("internal-tools")
     assert over.value.status == 402 and over.value.code == "budget_exceeded"
+    ledger.close()
 
 
 def test_budget_flag_action_serves_and_marks(tmp_path, config):
     flagging = config.model_copy(update={"budgets": config.budgets.model_copy(update={"on_exhausted": "flag"})})
-    budgets = Budgets(flagging, StateStore(tmp_path), Signals.off())
-    budgets.charge("internal-tools", 60)
+    ledger, budgets = worker(flagging, tmp_path)
+    charge(ledger, "internal-tools", 60)
     assert budgets.check("internal-tools") is True
-    budgets.close()
+    ledger.close()
 
 
 # --- config --------------------------------------------------------------------------------
@@ -258,9 +289,12 @@ def test_missing_config_file_is_a_clear_error(tmp_path):
 def _open_store_after(barrier, directory: str, results) -> None:
     try:
         barrier.wait(30)
-        store = StateStore(directory)
-        store.add_spend("t", 1.0)
-        results.put(store._connect().execute("PRAGMA journal_mode").fetchone()[0])
+        store = SQLiteStore(directory)
+        ledger = Ledger(store, directory)
+        charge(ledger, "t", 1.0)
+        ledger.drain()
+        results.put(store._thread.call(lambda: store._db.execute("PRAGMA journal_mode").fetchone()[0]))
+        ledger.close()
     except Exception as error:  # noqa: BLE001 (reported to the test)
         results.put(repr(error))
 
@@ -284,4 +318,4 @@ def test_state_store_opens_safely_when_many_processes_start_at_once(tmp_path):
         for process in processes:
             process.join(30)
         assert outcomes == ["wal"] * 8
-        assert StateStore(directory).spend("t") == 8.0
+        assert SQLiteStore(directory).spend("t") == 8.0

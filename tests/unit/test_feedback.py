@@ -4,16 +4,17 @@ the retention), its metrics and its log line."""
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
-from conftest import chat_body, config_dict, metric_sum, parse_metrics, quiet_models
+from conftest import chat_body, config_dict, metric_sum, parse_metrics, quiet_models, as_tenant
 from test_bad_input import assert_openai_error
 from test_openapi_conformance import Document
 
 FEEDBACK = "/v1/feedback"
 CHAT = "/v1/chat/completions"
-SEARCH = {"X-Tenant-ID": "search"}
+SEARCH = {**as_tenant("search")}
 
 
 def _config(**overrides) -> dict:
@@ -107,12 +108,14 @@ def test_bad_feedback_gets_an_openai_error_and_no_series(client, case):
     document.check(FEEDBACK, "POST", response)
     after = _metrics(client)
     assert _feedback_series(after) == _feedback_series(before)
-    # The only series that moved are the HTTP ones of this call (and of the /metrics scrape).
+    # The only series that moved are the HTTP ones of this call (and of the /metrics scrape),
+    # and those of work going on meanwhile: process health, the ledger's store operations.
     moved = {name for (name, _labels), value in after.items() if before.get((name, _labels)) != value}
     assert moved <= {
         "llm_router_http_requests_total", "llm_router_http_request_duration_seconds_bucket",
         "llm_router_http_request_duration_seconds_count", "llm_router_http_request_duration_seconds_sum",
-    } | {name for name in moved if name.startswith(("process_", "python_", "llm_router_process_"))}, moved
+    } | {name for name in moved if name.startswith(("process_", "python_", "llm_router_process_",
+                                                      "llm_router_state_operation_", "llm_router_ledger_"))}, moved
 
 
 def test_feedback_for_a_failed_request_is_not_found(make_app):
@@ -221,7 +224,7 @@ def test_duplicate_feedback_is_a_409_and_counted_once(client):
 
 def test_another_tenants_answer_is_not_found(client):
     served = answered(client, SEARCH)
-    for headers in ({"X-Tenant-ID": "support"}, {}, {"Authorization": "Bearer sk-demo-research"}):
+    for headers in ({**as_tenant("support")}, {}, {"Authorization": "Bearer sk-demo-research"}):
         response = client.post(FEEDBACK, json={"response_id": served["response_id"], "thumbs": "up"}, headers=headers)
         assert_openai_error(response, 404, "response_not_found")
     # The API key of the right tenant works like its header.
@@ -232,10 +235,10 @@ def test_another_tenants_answer_is_not_found(client):
 
 def test_reused_request_id_across_tenants_does_not_collide(client):
     for tenant in ("search", "support"):
-        response = client.post(CHAT, json=chat_body(), headers={"X-Tenant-ID": tenant, "X-Request-ID": "shared-id"})
+        response = client.post(CHAT, json=chat_body(), headers={**as_tenant(tenant), "X-Request-ID": "shared-id"})
         assert response.status_code == 200
     for tenant in ("search", "support"):
-        response = client.post(FEEDBACK, json={"request_id": "shared-id", "thumbs": "up"}, headers={"X-Tenant-ID": tenant})
+        response = client.post(FEEDBACK, json={"request_id": "shared-id", "thumbs": "up"}, headers=as_tenant(tenant))
         assert response.status_code == 201, tenant
 
 
@@ -245,9 +248,9 @@ def test_reused_request_id_across_tenants_does_not_collide(client):
 def test_answers_older_than_the_retention_are_not_found(make_app):
     app = make_app(_config(feedback={"retention_hours": 1}))
     client = app.test_client()
-    log = app.extensions["llm_router"].responses
+    ledger = app.extensions["llm_router"].ledger
     now = [1_000_000.0]
-    log.clock = lambda: now[0]
+    ledger.clock = lambda: now[0]
     old = answered(client, SEARCH)
     now[0] += 3600 - 1
     assert client.post(FEEDBACK, json={"request_id": old["request_id"], "thumbs": "up"}, headers=SEARCH).status_code == 201
@@ -257,60 +260,65 @@ def test_answers_older_than_the_retention_are_not_found(make_app):
     assert_openai_error(response, 404, "response_not_found")
 
 
-def test_answers_are_stored_in_batches_and_pruned_periodically(tmp_path):
-    from llm_router.state import ResponseLog, StateStore
+def _ledger(directory, clock=None):
+    """A process's ledger whose sync loop never runs on its own: the test drains."""
+    from llm_router.ledger import Ledger
+    from llm_router.state import SQLiteStore
 
-    store = StateStore(tmp_path / "state")
+    ledger = Ledger(SQLiteStore(directory), directory, retention_hours=1, clock=clock or time.time)
+    ledger.start = lambda: None
+    return ledger
+
+
+def _answer(ledger, request_id: str, model: str = "sim-fast") -> None:
+    ledger.finish(ledger.reserve(), "search", model, request_id, 200, 10, 20, 0.001, 0.002)
+
+
+def test_answers_are_stored_in_batches_and_pruned(tmp_path):
     now = [0.0]
-    # A writer period far away: this test decides when the buffer is stored.
-    log = ResponseLog(store, retention_hours=1, clock=lambda: now[0], flush_seconds=3600)
-    log.wait_seconds = 0
+    ledger = _ledger(tmp_path / "state", clock=lambda: now[0])
+    store = ledger.store
 
-    def rows() -> int:
-        return store._connect().execute("SELECT COUNT(*) FROM responses").fetchone()[0]
+    def rows() -> list[str]:
+        return [charge.request_id for charge in store.charges()]
 
-    log.record("a", "search", "sim-fast")
-    log.record("a2", "search", "sim-fast")
-    assert rows() == 0, "recording only buffers"
-    assert log.flush() == 2 and rows() == 2  # one transaction; the first flush prunes (nothing yet)
-    now[0] = 3600 + 10  # "a" and "a2" are now past the retention...
-    log.record("b", "search", "sim-fast")
-    assert log.flush() == 1 and rows() == 1  # ...and this flush prunes them: the last prune was 3610 s ago
-    now[0] += 3600 + 10  # "b" expired
-    log.record("c", "search", "sim-fast")
-    log.flush()
-    assert rows() == 1
-    now[0] += 30  # within a minute of the last prune: no DELETE, even though "c" is kept anyway
-    log.record("d", "search", "sim-fast")
-    log.flush()
-    assert rows() == 2
-    now[0] += 3600 + 10
-    assert log.prune() == 2 and rows() == 0
-    assert log.rate("d", "search", 1.0) == ("unknown", None)
-    # Feedback finds this process's own buffered answer at once: rate() stores the buffer first.
-    log.record("e", "search", "sim-fast")
-    assert log.rate("e", "search", 1.0) == ("rated", "sim-fast")
-    log.record("f", "search", "sim-fast")
-    log.close()  # a stopping worker stores what is left
-    assert store._connect().execute("SELECT COUNT(*) FROM responses WHERE request_id = 'f'").fetchone()[0] == 1
+    _answer(ledger, "a")
+    _answer(ledger, "a2")
+    assert rows() == [], "an answer waits in the journal"
+    assert ledger.drain() == 2 and rows() == ["a", "a2"]  # one transaction
+    now[0] = 3600 + 10  # "a" and "a2" are now past the retention
+    _answer(ledger, "b")
+    ledger.drain()
+    assert ledger._prune() == 2 and rows() == ["b"]
+    assert ledger.rate("a", "search", 1.0) == ("unknown", None)
+    # Feedback finds this process's own answer at once: rate() stores the journal first.
+    _answer(ledger, "e")
+    assert ledger.rate("e", "search", 1.0) == ("rated", "sim-fast")
+    assert ledger.rate("e", "search", 0.0) == ("already_rated", "sim-fast")
+    _answer(ledger, "f")
+    assert ledger.close(), "a stopping worker stores what is left"
+    assert "f" in rows()
 
 
-def test_feedback_waits_for_another_workers_writer(tmp_path):
-    """Two processes' logs on one store: an answer still in the other's buffer is found once
-    that writer stores it, within the wait."""
+def test_feedback_waits_briefly_for_another_process_and_never_piles_up(tmp_path):
+    """An answer still in another process's journal is found if that process stores it
+    within the short wait; once MAX_FEEDBACK_WAITERS wait, unknown ids get 404 at once."""
     import threading
 
-    from llm_router.state import ResponseLog, StateStore
+    from llm_router.ledger import Ledger
 
-    store = StateStore(tmp_path / "state")
-    other = ResponseLog(store, retention_hours=1, flush_seconds=3600)
-    this = ResponseLog(StateStore(tmp_path / "state"), retention_hours=1, flush_seconds=0.05)
-    this.wait_seconds = 10  # generous: the timer below decides when the answer lands
-    other.record("r1", "search", "sim-coder")
-    threading.Timer(0.2, other.flush).start()
+    other, this = _ledger(tmp_path / "state"), _ledger(tmp_path / "state")
+    _answer(other, "r1", "sim-coder")
+    threading.Timer(0.05, other.drain).start()
     assert this.rate("r1", "search", 0.0) == ("rated", "sim-coder")
-    this.wait_seconds = 0.1
+    started = time.monotonic()
     assert this.rate("never-answered", "search", 0.0) == ("unknown", None)
+    assert time.monotonic() - started >= Ledger.FEEDBACK_WAIT_SECONDS  # it did wait, once
+    this._feedback_waiters = Ledger.MAX_FEEDBACK_WAITERS  # as if that many waited now
+    started = time.monotonic()
+    assert this.rate("never-answered", "search", 0.0) == ("unknown", None)
+    assert time.monotonic() - started < Ledger.FEEDBACK_WAIT_SECONDS, "no wait beyond the bound"
+    other.close(), this.close()
 
 
 def test_feedback_config_is_validated():

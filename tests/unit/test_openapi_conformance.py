@@ -11,7 +11,7 @@ import json
 import jsonschema
 import pytest
 
-from conftest import chat_body, config_dict, quiet_models
+from conftest import chat_body, config_dict, quiet_models, as_tenant
 from test_bad_input import BAD, CASES, KEY_OF, Bad
 
 CHAT = "/v1/chat/completions"
@@ -177,13 +177,13 @@ def test_request_example_is_valid_and_accepted(client, document):
 
 def test_completion_and_cached_completion(client, document):
     body = chat_body("sim-fast", max_tokens=32, temperature=0.5)
-    first = client.post(CHAT, json=body, headers={"X-Tenant-ID": "search"})
+    first = client.post(CHAT, json=body, headers={**as_tenant("search")})
     assert first.status_code == 200 and first.headers["X-Router-Cache"] == "miss"
     document.check(CHAT, "POST", first)
-    again = client.post(CHAT, json=body, headers={"X-Tenant-ID": "search"})
+    again = client.post(CHAT, json=body, headers={**as_tenant("search")})
     assert again.status_code == 200 and again.headers["X-Router-Cache"] == "hit"
     document.check(CHAT, "POST", again)
-    bypass = client.post(CHAT, json=body, headers={"X-Tenant-ID": "search", "Cache-Control": "no-cache"})
+    bypass = client.post(CHAT, json=body, headers={**as_tenant("search"), "Cache-Control": "no-cache"})
     assert bypass.headers["X-Router-Cache"] == "bypass"
     document.check(CHAT, "POST", bypass)
 
@@ -294,7 +294,7 @@ def test_budget_exhausted(make_app):
         tenant["monthly_budget_usd"] = 1e-9
     client = make_app(data).test_client()
     document = Document(client.get("/openapi.json").get_json())
-    headers = {"X-Tenant-ID": "internal-tools", "Cache-Control": "no-store"}
+    headers = {**as_tenant("internal-tools"), "Cache-Control": "no-store"}
     assert client.post(CHAT, json=chat_body(), headers=headers).status_code == 200
     response = client.post(CHAT, json=chat_body(), headers=headers)
     assert response.status_code == 402

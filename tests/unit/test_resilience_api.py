@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from conftest import chat_body, config_dict, metric_sum, parse_metrics, quiet_models, serving
+from conftest import chat_body, config_dict, metric_sum, parse_metrics, quiet_models, serving, as_tenant
 
 ADMIN = {"Authorization": "Bearer test-admin-token"}
 
@@ -100,10 +100,10 @@ def test_saturated_backends_answer_429_with_retry_after(make_app):
 
 def test_cache_hit_then_bypass(client):
     body = chat_body("sim-fast", content="cache me")
-    first = client.post("/v1/chat/completions", json=body, headers={"X-Tenant-ID": "search"})
-    hit = client.post("/v1/chat/completions", json=body, headers={"X-Tenant-ID": "search"})
-    other_tenant = client.post("/v1/chat/completions", json=body, headers={"X-Tenant-ID": "support"})
-    bypass = client.post("/v1/chat/completions", json=body, headers={"X-Tenant-ID": "search", "Cache-Control": "no-cache"})
+    first = client.post("/v1/chat/completions", json=body, headers={**as_tenant("search")})
+    hit = client.post("/v1/chat/completions", json=body, headers={**as_tenant("search")})
+    other_tenant = client.post("/v1/chat/completions", json=body, headers={**as_tenant("support")})
+    bypass = client.post("/v1/chat/completions", json=body, headers={**as_tenant("search"), "Cache-Control": "no-cache"})
     assert [r.headers["X-Router-Cache"] for r in (first, hit, other_tenant, bypass)] == ["miss", "hit", "miss", "bypass"]
     assert hit.get_json()["choices"] == first.get_json()["choices"]
     assert hit.headers["X-Request-ID"] != first.headers["X-Request-ID"]

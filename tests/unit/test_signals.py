@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from conftest import chat_body, config_dict, metric_sum, parse_metrics, quiet_models, serving
+from conftest import chat_body, config_dict, metric_sum, parse_metrics, quiet_models, serving, as_tenant
 
 CHAT = "/v1/chat/completions"
 ADMIN_TOKEN = "signals-admin-token"
@@ -141,10 +141,10 @@ def test_openai_compatible_upstream_finish_reason_passes_through(make_app):
 def test_tenant_request_duration_counts_answered_requests(make_app):
     client = make_app(_config()).test_client()
     delta = Delta(client)
-    assert client.post(CHAT, json=chat_body(), headers={"X-Tenant-ID": "support"}).status_code == 200
-    stream = client.post(CHAT, json=chat_body(stream=True), headers={"X-Tenant-ID": "support"})
+    assert client.post(CHAT, json=chat_body(), headers={**as_tenant("support")}).status_code == 200
+    stream = client.post(CHAT, json=chat_body(stream=True), headers={**as_tenant("support")})
     assert stream.get_data(as_text=True).endswith("[DONE]\n\n")  # counted when the stream ends
-    assert client.post(CHAT, json={}, headers={"X-Tenant-ID": "support"}).status_code == 400
+    assert client.post(CHAT, json={}, headers={**as_tenant("support")}).status_code == 400
     changed = delta.take()
     assert changed("llm_router_tenant_request_duration_seconds_count", tenant="support") == 2
     assert changed("llm_router_tenant_request_duration_seconds_bucket", tenant="support", le="+Inf") == 2

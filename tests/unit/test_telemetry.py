@@ -12,7 +12,7 @@ from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from opentelemetry.trace import SpanKind
 
-from conftest import chat_body, config_dict, parse_metrics, quiet_models, serving, stuck_span_queue
+from conftest import chat_body, config_dict, parse_metrics, quiet_models, serving, stuck_span_queue, as_tenant
 from llm_router.app import Telemetry
 
 
@@ -100,7 +100,7 @@ def test_access_line_carries_request_facts_and_trace_ids(make_app, spans, json_l
     provider, exporter = spans
     client = make_app(tracer_provider=provider).test_client()
     response = client.post(
-        "/v1/chat/completions", json=chat_body("sim-balanced", content="secret prompt"), headers={"X-Tenant-ID": "research"}
+        "/v1/chat/completions", json=chat_body("sim-balanced", content="secret prompt"), headers={**as_tenant("research")}
     )
     access = [line for line in json_lines() if line["logger"] == "llm_router.access"]
     assert len(access) == 1

@@ -19,6 +19,7 @@ from .cache import cache_key
 from .concurrency import ClientGone, ClientWatch, ServerStopping, client_socket
 from .config import STRATEGIES, ModelConfig
 from .errors import APIError
+from .ledger import JournalFull
 from .schema import ChatCompletionRequest, validate_chat
 from .telemetry import logs
 from .telemetry import metrics as m
@@ -135,6 +136,14 @@ def chat_completions():
     )
     if state.telemetry.log_content:
         record.extra["prompt"] = backend_request.messages
+    # A slot in the ledger's journal before any backend works for this request: a request
+    # that could not be charged is not served.
+    try:
+        record.entry = state.ledger.reserve()
+    except JournalFull:
+        state.signals.ledger_full()
+        raise APIError(503, "The router cannot record charges right now (its state store is unavailable); retry.",
+                       type="server_error", code="state_store_unavailable", headers={"Retry-After": "5"}) from None
     # From here on the request waits on a backend: if the client goes away meanwhile, the
     # call is cancelled (ClientGone where it waits) instead of running on for nobody.
     watch = g.client_watch = ClientWatch(client_socket(request.environ))
@@ -261,6 +270,10 @@ def _stream(state: Services, record: RequestRecord, chat: ChatCompletionRequest,
     # The prompt's tokens as the backend reported them up front, else estimated from it (an
     # upstream reports usage at the end: a stream cut short is charged on the estimate).
     record.input_tokens = first.input_tokens or estimate_tokens(message_text(backend_request.messages))
+    record.output_tokens = 1 if first.text else 0
+    # From its first token on, the stream is charged in the journal, token by token.
+    state.ledger.open(record.entry, record.tenant, model.id, record.request_id, record.input_tokens,
+                      record.output_tokens, record.price_in_per_1k, record.price_out_per_1k)
     include_usage = bool(chat.stream_options and chat.stream_options.include_usage)
     g.streaming = True
     # No stream_with_context: the stream needs no request context (it is handed all it
@@ -321,8 +334,8 @@ class _EventStream:
         pieces: list[str] | None = [] if self.state.telemetry.log_content else None
         last = first
         try:
+            ledger, entry = self.state.ledger, record.entry
             try:
-                record.output_tokens = 1 if first.text else 0
                 yield prefix + orjson.dumps([{"index": 0, "delta": {"role": "assistant", "content": first.text},
                                               "finish_reason": None}]) + b"}\n\n"
                 if pieces is not None:
@@ -331,6 +344,7 @@ class _EventStream:
                     last = chunk
                     if chunk.text:
                         record.output_tokens += 1
+                        ledger.produced(entry, record.output_tokens)  # charged before it is sent
                         if pieces is not None:
                             pieces.append(chunk.text)
                         yield prefix + orjson.dumps([{"index": 0, "delta": {"content": chunk.text},

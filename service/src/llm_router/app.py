@@ -7,6 +7,7 @@ import re
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 
 import orjson
 from flask import Flask, Response, g, request
@@ -17,8 +18,9 @@ from . import __version__, concurrency
 from .config import RouterConfig, load_config
 from .errors import register_error_handlers
 from .probes import HealthProber
+from .ledger import Ledger
 from .router import Router
-from .state import ResponseLog, StateStore
+from .state import STATE_URL_ENV, Store, default_state_dir, open_store
 from .telemetry import logs
 from .telemetry import metrics as m
 from .telemetry.signals import RequestRecord, Signals
@@ -69,13 +71,20 @@ class Services:
     config: RouterConfig
     telemetry: Telemetry
     signals: Signals
-    store: StateStore
+    store: Store
+    ledger: Ledger
     router: Router
     tenants: TenantDirectory
     budgets: Budgets
     tracer_provider: TracerProvider | None
-    responses: ResponseLog
     prober: HealthProber
+
+    def close(self) -> None:
+        """Stop the background work and store what is left: money and answers first, then
+        spans (gunicorn_conf.worker_exit; the tests)."""
+        self.prober.stop(timeout=0)
+        self.ledger.close()
+        self.store.close()
 
 
 def services() -> Services:
@@ -104,8 +113,17 @@ def create_app(
         install_dropped_span_filter(m.SPANS_DROPPED.inc if telemetry.metrics else None)
 
     signals = Signals(telemetry.metrics, telemetry.logs, tracer, tracer_provider is not None, telemetry.log_content)
-    store = StateStore(state_dir)
+    state_dir = Path(state_dir or default_state_dir())
+    store = open_store(state_dir, os.environ.get(STATE_URL_ENV) or config.state.url or "", signals.store_operation)
     router = Router(config, store, signals)
+    ledger = Ledger(
+        store, state_dir, slots=config.state.journal_slots, retention_hours=config.feedback.retention_hours,
+        on_recovered=signals.recovered, on_faults=router.faults.update, on_store_state=signals.store_up,
+        on_tick=signals.ledger_level,
+    )
+    budgets = Budgets(config, ledger, signals)
+    ledger.on_crossing = budgets.crossed
+    ledger.recover()  # what a process that died left in its journal: stored before this one serves
     # No static folder: the router serves no files, and its URL rule would be a route label.
     app = Flask(__name__, static_folder=None)
     app.json = OrjsonProvider(app)
@@ -115,11 +133,11 @@ def create_app(
         telemetry=telemetry,
         signals=signals,
         store=store,
+        ledger=ledger,
         router=router,
         tenants=TenantDirectory(config),
-        budgets=Budgets(config, store, signals),
+        budgets=budgets,
         tracer_provider=tracer_provider,
-        responses=ResponseLog(store, config.feedback.retention_hours),
         prober=HealthProber(router.slots, config.health_probes, telemetry.metrics),
     )
     if telemetry.metrics:
@@ -130,6 +148,7 @@ def create_app(
             "rejected" if config.budgets.on_exhausted == "reject" else "flagged",
             tenant_ids=[t.id for t in config.tenants] + (["anonymous"] if config.auth.allow_anonymous else []),
         )
+        m.LEDGER_SLOTS.set(config.state.journal_slots)
     register_error_handlers(app)
     _register_request_hooks(app, signals)
     if concurrency.green():
@@ -152,8 +171,10 @@ def create_app(
         duration_ms=round(seconds * 1000, 3),
         telemetry={"metrics": telemetry.metrics, "logs": telemetry.logs, "traces": telemetry.traces},
     )
-    # Last, once the app is complete: the first probes run at once, on their own thread, so
-    # neither start-up nor requests wait for a slow backend.
+    # Last, once the app is complete: the ledger's sync loop, and the first probes at once,
+    # each on a thread (a greenlet under gevent) of its own, so neither start-up nor
+    # requests wait for a store or a slow backend.
+    ledger.start()
     if config.health_probes.enabled:
         app.extensions["llm_router"].prober.start()
     return app
@@ -261,14 +282,20 @@ def finish_request(record: RequestRecord, status: int, state: Services | None = 
     if record.chat:
         _account(state, record)
     state.signals.request_finished(record, status)
+    if record.entry is not None and record.entry.state:
+        state.ledger.counted(record.entry)  # a replay of this journal will not count it again
 
 
 def _account(state: Services, record: RequestRecord) -> None:
     """Every token delivered is charged: answers, and streams that ended early (the client
     left, the backend failed or timed out mid-stream, the worker stopped) for the tokens
-    they produced. Answered requests (and cache hits) can be rated."""
-    if record.cost_usd > 0 and record.cache != "hit":
-        state.budgets.charge(record.tenant, record.cost_usd)
-    if record.code == 200:
-        # So feedback can name this answer, on any worker (buffered, stored in batches: state.ResponseLog).
-        state.responses.record(record.request_id, record.tenant, record.model)
+    they produced. Answered requests (cache hits too, at no cost) can be rated. The charge
+    is in the journal before the response is sent (ledger.py)."""
+    entry = record.entry
+    if entry is None:
+        return
+    if record.code == 200 or record.cost_usd > 0:
+        state.ledger.finish(entry, record.tenant, record.model, record.request_id, record.code, record.input_tokens,
+                            record.output_tokens, record.price_in_per_1k, record.price_out_per_1k)
+    else:
+        state.ledger.release(entry)

@@ -82,7 +82,9 @@ class ModelConfig(_Strict):
     price: Price
     quality: float = Field(ge=0, le=1)
     timeout_seconds: float = Field(default=60, gt=0)
-    max_concurrency: int = Field(default=32, ge=1)
+    # Calls in flight to this model from the whole container (all workers together; the
+    # 33rd waits up to routing.queue_timeout_seconds, then the next candidate or 429).
+    max_concurrency: int = Field(default=32, ge=1, le=32767)
     # Models tried next, in order, when this one fails and it was asked for by name.
     fallbacks: tuple[str, ...] = ()
     simulation: Simulation = Simulation()
@@ -149,16 +151,32 @@ class BudgetConfig(_Strict):
 
 
 class AuthConfig(_Strict):
-    # Without a tenant header or a known key, requests count as tenant "anonymous".
+    # Without a tenant header or a key, requests count as tenant "anonymous".
     allow_anonymous: bool = True
     # When true, a request must carry a configured API key.
     require_api_key: bool = False
+    # A tenant with API keys is reachable only with one of them. True trusts X-Tenant-ID
+    # alone for every tenant: only behind a gateway that authenticates callers and sets or
+    # strips that header itself - anyone who reaches the router directly can then spend
+    # any tenant's budget, read its cached answers and rate its answers.
+    trust_tenant_header: bool = False
 
 
 class LimitsConfig(_Strict):
     max_body_bytes: int = Field(default=1_048_576, ge=1024)
     max_tokens: int = Field(default=32_768, ge=1)
     max_messages: int = Field(default=1_000, ge=1)
+
+
+class StateConfig(_Strict):
+    # Where spend, the ledger and faults live: unset for SQLite in $LLM_ROUTER_STATE_DIR
+    # (one host), or postgresql://user@host:5432/db for several replicas (the password
+    # from PGPASSWORD or ~/.pgpass, never in this file). $LLM_ROUTER_STATE_URL overrides.
+    url: str | None = None
+    # Slots of each process's charge journal (256 bytes each, on disk in the state
+    # directory): charges wait there while the store is unreachable. When every slot is
+    # taken, new requests get 503 rather than go unrecorded.
+    journal_slots: int = Field(default=32768, ge=64, le=4_194_304)
 
 
 class FeedbackConfig(_Strict):
@@ -186,6 +204,7 @@ class RouterConfig(_Strict):
     auth: AuthConfig = AuthConfig()
     limits: LimitsConfig = LimitsConfig()
     feedback: FeedbackConfig = FeedbackConfig()
+    state: StateConfig = StateConfig()
     health_probes: HealthProbesConfig = HealthProbesConfig()
     # Multiplies every simulated delay: 0 makes simulated models answer at once (tests).
     simulation_time_scale: float = Field(default=1.0, ge=0)

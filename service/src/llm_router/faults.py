@@ -1,16 +1,16 @@
-"""Injected faults: make a model fail or slow down at run time, in every worker.
+"""Injected faults: make a model fail or slow down at run time, in every worker and replica.
 
-Faults live in the shared state store; each worker re-reads them at most once per
-``refresh_seconds`` so the request path does not touch SQLite on every call.
+Faults live in the shared state store. Each process's ledger sync loop reads them twice a
+second (ledger.Ledger.refresh) and hands them here, so the request path never touches the
+store for them and a fault reaches every process within a second.
 """
 
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import asdict, dataclass
 
-from .state import StateStore
+from .state import Store
 
 ERROR_KINDS = ("server_error", "timeout", "rate_limited")
 
@@ -23,40 +23,33 @@ class Fault:
 
 
 class FaultRegistry:
-    def __init__(self, store: StateStore, refresh_seconds: float = 1.0) -> None:
+    def __init__(self, store: Store) -> None:
         self.store = store
-        self.refresh_seconds = refresh_seconds
-        self._lock = threading.Lock()
-        self._faults: dict[str, Fault] = {}
-        self._expires: dict[str, float] = {}
-        self._loaded_at = float("-inf")
+        self._faults: dict[str, tuple[Fault, float]] = {}  # model -> (fault, expires at)
 
-    def _refresh(self) -> None:
-        now = time.monotonic()
-        if now - self._loaded_at < self.refresh_seconds:
-            return
-        with self._lock:
-            if now - self._loaded_at < self.refresh_seconds:
-                return
-            active = self.store.active_faults()
-            self._faults = {model: Fault(**spec) for model, (spec, _) in active.items()}
-            self._expires = {model: expires for model, (_, expires) in active.items()}
-            self._loaded_at = now
+    def update(self, active: dict[str, tuple[dict, float]]) -> None:
+        """The store's active faults, as the sync loop read them."""
+        faults = {}
+        for model, (spec, expires_at) in active.items():
+            try:
+                faults[model] = (Fault(**spec), expires_at)
+            except TypeError:
+                continue  # a row written by another version: ignored, not fatal
+        self._faults = faults
 
     def fault_for(self, model: str) -> Fault | None:
-        self._refresh()
-        fault = self._faults.get(model)
-        if fault is not None and self._expires.get(model, 0) <= time.time():
+        found = self._faults.get(model)
+        if found is None or found[1] <= time.time():
             return None
-        return fault
+        return found[0]
 
     def inject(self, model: str, fault: Fault, duration_seconds: float) -> None:
         self.store.set_fault(model, asdict(fault), duration_seconds)
-        self._loaded_at = float("-inf")
+        self.update(self.store.active_faults())
 
     def clear(self, model: str | None = None) -> int:
         removed = self.store.clear_faults(model)
-        self._loaded_at = float("-inf")
+        self.update(self.store.active_faults())
         return removed
 
     def describe(self) -> dict[str, dict]:

@@ -1,8 +1,8 @@
 """Feedback on answered chat requests: POST /v1/feedback.
 
 Every answered chat request (code 200: backend answers, cache hits, finished streams) is
-remembered in the shared state store with its tenant and model, for
-``feedback.retention_hours`` (state.ResponseLog). Feedback names one by its request id or
+in the shared ledger with its tenant and model, for ``feedback.retention_hours``
+(ledger.py). Feedback names one by its request id or
 response id ("chatcmpl-<request id>"), once, from the same tenant; the labels of the feedback metrics
 come from that stored row, never from the client, so they stay bounded.
 """
@@ -31,7 +31,7 @@ def post_feedback():
     tenant = state.tenants.resolve(request.headers.get("Authorization"), request.headers.get("X-Tenant-ID"))
     given = validate_feedback(parse_json_body())
     request_id, score = given.rated_request_id, given.value
-    outcome, model = state.responses.rate(request_id, tenant, score)
+    outcome, model = state.ledger.rate(request_id, tenant, score)
     if outcome == "unknown":
         # Also for another tenant's request: whether it exists is none of this caller's business.
         raise APIError(

@@ -217,9 +217,7 @@ def worker_exit(server, worker) -> None:
     from llm_router.wsgi import app
 
     services = app.extensions["llm_router"]
-    services.prober.stop(timeout=0)  # no waiting for a probe in progress: it sends nothing
-    services.budgets.close()  # money first
-    services.responses.close()  # then the answers feedback needs
+    services.close()  # charges and answers (one journal, one transaction), before spans
     provider = services.tracer_provider
     if provider is None:
         return

@@ -17,7 +17,7 @@ from .errors import APIError
 from .faults import FaultRegistry
 from .resilience import SHARED_LIMITS_ENV, STATE_VALUES, CircuitBreaker, ConcurrencyLimiter, backoff_delay, shared_slots
 from .routing import Candidate, LatencyTracker, candidates
-from .state import StateStore
+from .state import Store
 from .telemetry.signals import RequestRecord, Signals
 
 __all__ = ["BackendSlot", "RequestRecord", "Router"]
@@ -32,7 +32,7 @@ class BackendSlot:
 
 
 class Router:
-    def __init__(self, config: RouterConfig, store: StateStore, signals: Signals) -> None:
+    def __init__(self, config: RouterConfig, store: Store, signals: Signals) -> None:
         self.config = config
         self.signals = signals
         self.faults = FaultRegistry(store)

@@ -38,6 +38,9 @@ SCORE_BUCKETS = (0, 0.2, 0.4, 0.6, 0.8, 1)
 # HTTP call for an upstream, capped by health_probes.timeout_seconds). Few buckets: these
 # are per model (and outcome) in every scrape, for events that happen rarely.
 LOAD_BUCKETS = (0.0005, 0.005, 0.025, 0.1, 0.5, 2.5, 10, 30)
+# One state-store operation: a batch of charges in one transaction, a read of the totals.
+STATE_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5)
+STATE_OPERATIONS = ("apply", "read_spend", "read_faults", "write_faults", "feedback", "prune", "read_charges")
 
 # The finish_reason label's values: OpenAI's finish reasons, plus what the router knows
 # about requests that got no answer. Anything else an upstream reports counts as "other".
@@ -186,6 +189,40 @@ SPANS_DROPPED = Counter(
     "llm_router_spans_dropped_total",
     "Spans the trace exporter dropped because its queue was full (collector down or slow).",
 )
+STATE_OPERATION_DURATION = Histogram(
+    "llm_router_state_operation_duration_seconds",
+    "Duration of one state-store operation (SQLite or PostgreSQL), by operation.",
+    ["operation"], buckets=STATE_BUCKETS,
+)
+STATE_ERRORS = Counter(
+    "llm_router_state_errors_total", "State-store operations that failed, by operation.", ["operation"],
+)
+STATE_UP = Gauge(
+    "llm_router_state_store_up",
+    "1 while the state store takes this process's writes, 0 while they fail (worst live process).",
+    multiprocess_mode="livemin",
+)
+LEDGER_WAITING = Gauge(
+    "llm_router_ledger_waiting_charges", "Charges in the journals, not stored yet (summed over processes).",
+    multiprocess_mode="livesum",
+)
+LEDGER_SLOTS_IN_USE = Gauge(
+    "llm_router_ledger_journal_slots_in_use",
+    "Journal slots taken by requests in flight and charges not stored yet (summed over processes).",
+    multiprocess_mode="livesum",
+)
+LEDGER_SLOTS = Gauge(
+    "llm_router_ledger_journal_slots", "Journal slots per process (state.journal_slots; summed over processes).",
+    multiprocess_mode="livesum",
+)
+LEDGER_FULL = Counter(
+    "llm_router_ledger_full_total", "Chat requests refused (503) because the charge journal was full.",
+)
+LEDGER_RECOVERED = Counter(
+    "llm_router_ledger_recovered_charges_total",
+    "Charges of a process that stopped (SIGKILL, OOM kill), stored by another one's replay, by journal slot.",
+    ["slot"],
+)
 BUILD_INFO = Gauge(
     "llm_router_build_info", "Always 1; labels carry the router's version and Python version.",
     ["version", "python_version"], multiprocess_mode="max",
@@ -243,3 +280,7 @@ def initialise(
     for tenant, budget in tenant_budgets.items():
         TENANT_BUDGET.labels(tenant).set(budget)
         BUDGET_EXCEEDED.labels(tenant, budget_action)
+    for operation in STATE_OPERATIONS:
+        child(STATE_ERRORS, operation)
+        child(STATE_OPERATION_DURATION, operation)
+    STATE_UP.set(1)

@@ -56,6 +56,8 @@ class RequestRecord:
     sampled: bool = False
     chat: bool = False
     server_span: object | None = None
+    # The request's slot in the ledger's journal (ledger.Entry), once it may be charged.
+    entry: object | None = None
     finished: bool = False
     extra: dict = field(default_factory=dict)
 
@@ -357,3 +359,36 @@ class Signals:
     def model_loaded(self, model_id: str, seconds: float) -> None:
         if self.metrics:
             m.child(m.MODEL_LOAD_DURATION, model_id).observe(seconds)
+
+    # --- the ledger and the state store --------------------------------------------------
+
+    def store_operation(self, operation: str, seconds: float, ok: bool) -> None:
+        if self.metrics:
+            m.child(m.STATE_OPERATION_DURATION, operation).observe(seconds)
+            if not ok:
+                m.child(m.STATE_ERRORS, operation).inc()
+
+    def store_up(self, ok: bool) -> None:
+        if self.metrics:
+            m.STATE_UP.set(1 if ok else 0)
+
+    def ledger_level(self, waiting: int, in_use: int) -> None:
+        if self.metrics:
+            m.LEDGER_WAITING.set(waiting)
+            m.LEDGER_SLOTS_IN_USE.set(in_use)
+
+    def ledger_full(self) -> None:
+        if self.metrics:
+            m.LEDGER_FULL.inc()
+
+    def recovered(self, charge, state: int) -> None:
+        """A charge a dead process journaled but had not counted, stored by a replay here."""
+        self.charged(charge.tenant, charge.model, charge.input_tokens, charge.output_tokens, charge.cost_usd)
+        if self.metrics:
+            m.child(m.LEDGER_RECOVERED, "open" if state == 1 else "final").inc()
+        logs.event(
+            "charge_recovered", f"charged {charge.tenant} for request {charge.request_id} of a process that stopped",
+            logging.WARNING, request_id=charge.request_id, tenant=charge.tenant, model=charge.model,
+            input_tokens=charge.input_tokens, output_tokens=charge.output_tokens, cost_usd=round(charge.cost_usd, 8),
+            stream_open=state == 1,
+        )
