@@ -2,8 +2,10 @@
 
     locust -f loadgen/locustfile.py --host http://127.0.0.1:8080        # or: make load
 
-Each simulated user is one client app with a fixed identity: a tenant named in
-X-Tenant-ID, a tenant's demo API key (Authorization: Bearer ...), or anonymous. Its
+Each simulated user is one client app with a fixed identity: a tenant's demo API key
+(Authorization: Bearer ...; the router lets no one reach a tenant that has keys without
+one), a tenant without keys named in X-Tenant-ID (LOADGEN_TENANTS, none by default), or
+anonymous. Its
 requests mix models ("auto" and explicit ids), routing strategies (X-Route-Strategy),
 streaming (SSE read to `data: [DONE]`, time to first token reported as "ttft"),
 popular prompts repeated so the response cache hits, and a few deliberately bad
@@ -14,8 +16,8 @@ Negative ratings are drawn for LOADGEN_NEGATIVE_SHARE of the ratings (the rest p
 with no answer to rate yet, the task sends nothing.
 
 Environment variables (defaults match service/config/router.yaml):
-  LOADGEN_TENANTS         tenants sent as X-Tenant-ID   search,support,research,internal-tools
   LOADGEN_API_KEYS        tenant API keys sent as Bearer sk-demo-search,sk-demo-support,sk-demo-research,sk-demo-internal
+  LOADGEN_TENANTS         keyless tenants, X-Tenant-ID  (none)
   LOADGEN_ANONYMOUS_SHARE share of users with neither   0.1
   LOADGEN_MODELS          models asked for              auto,sim-frontier,sim-balanced,sim-fast,sim-mini,sim-coder
   LOADGEN_STRATEGIES      X-Route-Strategy values       balanced,cost,latency,quality (none sent 1 time in 5)
@@ -41,7 +43,7 @@ def _list(name: str, default: str) -> list[str]:
     return [item.strip() for item in os.environ.get(name, default).split(",") if item.strip()]
 
 
-TENANTS = _list("LOADGEN_TENANTS", "search,support,research,internal-tools")
+TENANTS = _list("LOADGEN_TENANTS", "")
 API_KEYS = _list("LOADGEN_API_KEYS", "sk-demo-search,sk-demo-support,sk-demo-research,sk-demo-internal")
 ANONYMOUS_SHARE = float(os.environ.get("LOADGEN_ANONYMOUS_SHARE", "0.1"))
 MODELS = _list("LOADGEN_MODELS", "auto,sim-frontier,sim-balanced,sim-fast,sim-mini,sim-coder")
