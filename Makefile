@@ -19,7 +19,7 @@ DURATION ?= 60s
 .PHONY: help venv tools run load rules dashboards lint test constraints clean
 
 help: ## List the targets
-	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-18s\033[0m %s\n", $$1, $$2}'
+	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-18s\033[0m %s\n", $$1, $$2}'
 
 $(STAMP): service/pyproject.toml service/constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -29,7 +29,7 @@ $(STAMP): service/pyproject.toml service/constraints.txt
 
 venv: $(STAMP) ## Create .venv with the router, its test, load and benchmark dependencies
 
-tools: ## Install the real Prometheus, promtool, Alertmanager, amtool and compose into .tools/
+tools: ## Install the real Prometheus, promtool, Alertmanager, amtool, compose and kubectl into .tools/
 	@bash scripts/install-tools.sh
 
 run: venv ## Run the router locally under gunicorn on $(ROUTER_BIND)
@@ -47,9 +47,14 @@ rules: venv ## Regenerate prometheus/rules/*.yml from prometheus/config.yaml
 dashboards: venv ## Regenerate grafana/generated/*.json from the grafanalib sources
 	$(PY) grafana/dashboards/generate.py
 
+.PHONY: k8s
+k8s: venv ## Regenerate deploy/kubernetes/ (rules, dashboards, datasources, routing, router config) from the compose sources
+	$(PY) deploy/kubernetes/generate.py
+
 lint: venv tools compose-config ## Check configs and rules with the real tools: promtool, amtool, compose, the router's validator
 	$(PY) prometheus/generate.py --check
 	$(PY) grafana/dashboards/generate.py --check
+	$(PY) deploy/kubernetes/generate.py --check
 	$(TOOLS)/promtool check config --lint=all --lint-fatal prometheus/prometheus.yml
 	$(TOOLS)/promtool check rules --lint=all --lint-fatal prometheus/rules/*.yml
 	cd prometheus/tests && ../../$(TOOLS)/promtool test rules *.test.yml
