@@ -84,13 +84,14 @@ clean: ## Stop the stack and delete its volumes; remove the virtual environment,
 	rm -rf $(VENV) .tools reports .pytest_cache
 
 # --- the stack (Docker) ---------------------------------------------------------------------
-# `make up PROFILES="load host"` adds Locust (load) and node-exporter + cAdvisor (host).
+# `make up PROFILES="load host"` adds Locust (load) and node-exporter + cAdvisor (host);
+# PROFILES=scale adds router replicas on PostgreSQL behind nginx (ROUTER_LB_PORT).
 PROFILES ?=
 COMPOSE := docker compose
-ALL_PROFILES := --profile load --profile host
+ALL_PROFILES := --profile load --profile host --profile scale
 UP_PROFILES := $(foreach p,$(PROFILES),--profile $(p))
 # Secrets `make up` generates into .env when they are missing or empty.
-SECRETS := ROUTER_ADMIN_TOKEN GRAFANA_ADMIN_PASSWORD
+SECRETS := ROUTER_ADMIN_TOKEN GRAFANA_ADMIN_PASSWORD POSTGRES_PASSWORD
 
 .PHONY: up down logs ps compose-config secrets
 
@@ -132,7 +133,7 @@ ps: .env ## Show the stack's services and health
 # `docker compose config` for the base file and each profile, with the repo's compose v2
 # plugin (make tools). Uses .env, or a copy of .env.example (secrets filled with
 # placeholders) in a temporary folder when there is no .env.
-COMPOSE_CHECK_PROFILES := load host
+COMPOSE_CHECK_PROFILES := load host scale
 compose-config: tools ## Validate compose.yaml (base and every profile) with the real compose CLI
 	@set -euo pipefail; \
 	if command -v docker >/dev/null; then compose=(env DOCKER_CONFIG="$(CURDIR)/.tools/docker" docker compose); \
@@ -141,7 +142,8 @@ compose-config: tools ## Validate compose.yaml (base and every profile) with the
 	if [ ! -f .env ]; then \
 	  tmp="$$(mktemp -d)"; trap 'rm -rf "$$tmp"' EXIT; env_file="$$tmp/.env"; \
 	  sed -e 's/^ROUTER_ADMIN_TOKEN=$$/ROUTER_ADMIN_TOKEN=placeholder/' \
-	      -e 's/^GRAFANA_ADMIN_PASSWORD=$$/GRAFANA_ADMIN_PASSWORD=placeholder/' .env.example > "$$env_file"; \
+	      -e 's/^GRAFANA_ADMIN_PASSWORD=$$/GRAFANA_ADMIN_PASSWORD=placeholder/' \
+	      -e 's/^POSTGRES_PASSWORD=$$/POSTGRES_PASSWORD=placeholder/' .env.example > "$$env_file"; \
 	fi; \
 	echo "compose config: base (env file: $$env_file)"; \
 	"$${compose[@]}" --env-file "$$env_file" config --quiet; \
