@@ -693,3 +693,12 @@ def test_the_lint_can_fail():
                      "privilege escalation", "capabilities not dropped", "is not pinned"):
         assert expected in problems, f"{expected!r} not in {problems}"
     assert container_problems({**spec, "containers": [{**spec["containers"][0], "image": "r@sha256:ab"}]}, "x") != []
+
+
+def test_overview_kubernetes_panels_name_the_rendered_deployment_and_autoscaler(everything):
+    """The Overview's kube-state-metrics panels select the router's Deployment and HPA by name."""
+    overview = (REPO / "grafana" / "generated" / "llm-router-overview.json").read_text()
+    deployments = set(re.findall(r'deployment=\\"([^"\\]+)\\"', overview))
+    autoscalers = set(re.findall(r'horizontalpodautoscaler=\\"([^"\\]+)\\"', overview))
+    assert deployments == {router_deployment(everything)["metadata"]["name"]}
+    assert autoscalers == {o["metadata"]["name"] for o in of_kind(everything, "HorizontalPodAutoscaler")}
