@@ -19,7 +19,7 @@ DURATION ?= 60s
 .PHONY: help venv tools run load rules dashboards lint test constraints clean
 
 help: ## List the targets
-	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-18s\033[0m %s\n", $$1, $$2}'
+	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-18s\033[0m %s\n", $$1, $$2}'
 
 $(STAMP): service/pyproject.toml service/constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -29,7 +29,7 @@ $(STAMP): service/pyproject.toml service/constraints.txt
 
 venv: $(STAMP) ## Create .venv with the router, its test, load and benchmark dependencies
 
-tools: ## Install the real Prometheus, promtool, Alertmanager, amtool and compose into .tools/
+tools: ## Install the real Prometheus, promtool, Alertmanager, amtool, compose and kubectl into .tools/
 	@bash scripts/install-tools.sh
 
 run: venv ## Run the router locally under gunicorn on $(ROUTER_BIND)
@@ -47,9 +47,14 @@ rules: venv ## Regenerate prometheus/rules/*.yml from prometheus/config.yaml
 dashboards: venv ## Regenerate grafana/generated/*.json from the grafanalib sources
 	$(PY) grafana/dashboards/generate.py
 
+.PHONY: k8s
+k8s: venv ## Regenerate deploy/kubernetes/ (rules, dashboards, datasources, routing, router config) from the compose sources
+	$(PY) deploy/kubernetes/generate.py
+
 lint: venv tools compose-config ## Check configs and rules with the real tools: promtool, amtool, compose, the router's validator
 	$(PY) prometheus/generate.py --check
 	$(PY) grafana/dashboards/generate.py --check
+	$(PY) deploy/kubernetes/generate.py --check
 	$(TOOLS)/promtool check config --lint=all --lint-fatal prometheus/prometheus.yml
 	$(TOOLS)/promtool check rules --lint=all --lint-fatal prometheus/rules/*.yml
 	cd prometheus/tests && ../../$(TOOLS)/promtool test rules *.test.yml
@@ -79,13 +84,14 @@ clean: ## Stop the stack and delete its volumes; remove the virtual environment,
 	rm -rf $(VENV) .tools reports .pytest_cache
 
 # --- the stack (Docker) ---------------------------------------------------------------------
-# `make up PROFILES="load host"` adds Locust (load) and node-exporter + cAdvisor (host).
+# `make up PROFILES="load host"` adds Locust (load) and node-exporter + cAdvisor (host);
+# PROFILES=scale adds router replicas on PostgreSQL behind nginx (ROUTER_LB_PORT).
 PROFILES ?=
 COMPOSE := docker compose
-ALL_PROFILES := --profile load --profile host
+ALL_PROFILES := --profile load --profile host --profile scale
 UP_PROFILES := $(foreach p,$(PROFILES),--profile $(p))
 # Secrets `make up` generates into .env when they are missing or empty.
-SECRETS := ROUTER_ADMIN_TOKEN GRAFANA_ADMIN_PASSWORD
+SECRETS := ROUTER_ADMIN_TOKEN GRAFANA_ADMIN_PASSWORD POSTGRES_PASSWORD
 
 .PHONY: up down logs ps compose-config secrets
 
@@ -127,7 +133,7 @@ ps: .env ## Show the stack's services and health
 # `docker compose config` for the base file and each profile, with the repo's compose v2
 # plugin (make tools). Uses .env, or a copy of .env.example (secrets filled with
 # placeholders) in a temporary folder when there is no .env.
-COMPOSE_CHECK_PROFILES := load host
+COMPOSE_CHECK_PROFILES := load host scale
 compose-config: tools ## Validate compose.yaml (base and every profile) with the real compose CLI
 	@set -euo pipefail; \
 	if command -v docker >/dev/null; then compose=(env DOCKER_CONFIG="$(CURDIR)/.tools/docker" docker compose); \
@@ -136,7 +142,8 @@ compose-config: tools ## Validate compose.yaml (base and every profile) with the
 	if [ ! -f .env ]; then \
 	  tmp="$$(mktemp -d)"; trap 'rm -rf "$$tmp"' EXIT; env_file="$$tmp/.env"; \
 	  sed -e 's/^ROUTER_ADMIN_TOKEN=$$/ROUTER_ADMIN_TOKEN=placeholder/' \
-	      -e 's/^GRAFANA_ADMIN_PASSWORD=$$/GRAFANA_ADMIN_PASSWORD=placeholder/' .env.example > "$$env_file"; \
+	      -e 's/^GRAFANA_ADMIN_PASSWORD=$$/GRAFANA_ADMIN_PASSWORD=placeholder/' \
+	      -e 's/^POSTGRES_PASSWORD=$$/POSTGRES_PASSWORD=placeholder/' .env.example > "$$env_file"; \
 	fi; \
 	echo "compose config: base (env file: $$env_file)"; \
 	"$${compose[@]}" --env-file "$$env_file" config --quiet; \

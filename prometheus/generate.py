@@ -12,6 +12,7 @@ Usage: python prometheus/generate.py [--check]
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from pathlib import Path
 
@@ -589,6 +590,19 @@ def _str(dumper: yaml.SafeDumper, value: str):
 _Dumper.add_representer(str, _str)
 
 
+def keep_with_job(content: dict, labels: list[str]) -> dict:
+    """Every `by (job...)` and `on (job...)` of every rule keeps `labels` too (config.yaml
+    `keep_with_job`): on Kubernetes, `namespace` survives aggregation, so recorded series and
+    alerts carry it."""
+    if not labels:
+        return content
+    pattern = re.compile(r"\b(by|on) \(job\b")
+    for group in content["groups"]:
+        for rule in group["rules"]:
+            rule["expr"] = pattern.sub(lambda m: f"{m.group(1)} ({', '.join(labels)}, job", rule["expr"])
+    return content
+
+
 def render(config_path: Path = CONFIG) -> dict[str, str]:
     config = yaml.safe_load(config_path.read_text())
     check_thresholds(config, {name: histogram_buckets(name) for name in LATENCY_HISTOGRAMS})
@@ -600,6 +614,7 @@ def render(config_path: Path = CONFIG) -> dict[str, str]:
         "router-business.yml": rules.business(),
         "stack-alerts.yml": rules.stack_alerts(),
     }
+    files = {name: keep_with_job(content, config.get("keep_with_job", [])) for name, content in files.items()}
     return {
         name: HEADER + yaml.dump(content, Dumper=_Dumper, sort_keys=False, width=200, allow_unicode=True)
         for name, content in files.items()

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Install project-local copies of Prometheus (+ promtool), Alertmanager (+ amtool)
-# and the docker compose v2 CLI plugin into ./.tools (git-ignored).
+# Install project-local copies of Prometheus (+ promtool), Alertmanager (+ amtool),
+# the docker compose v2 CLI plugin and kubectl into ./.tools (git-ignored).
 #
 # The binaries come from Debian's "unstable" suite (stable ships versions that are
 # too old); they are Go programs that need only libc, so they run on a stable base.
@@ -10,7 +10,7 @@
 # (override with TOOLS_APT_MIRROR=<uri>; suite with TOOLS_APT_SUITE=<suite>).
 #
 # Result:
-#   .tools/bin/{prometheus,promtool,alertmanager,prometheus-alertmanager,amtool,docker-compose}
+#   .tools/bin/{prometheus,promtool,alertmanager,prometheus-alertmanager,amtool,docker-compose,kubectl}
 #   .tools/docker/cli-plugins/docker-compose   ->  DOCKER_CONFIG=.tools/docker docker compose version
 #
 # Idempotent: if the expected versions are already present it exits immediately.
@@ -21,8 +21,11 @@ set -euo pipefail
 PROMETHEUS_VERSION_PREFIX="3.5."     # prometheus + promtool (3.5 LTS)
 ALERTMANAGER_VERSION_PREFIX="0.33."  # alertmanager + amtool
 COMPOSE_VERSION_PREFIX="2."          # docker compose v2 plugin
+# kubectl renders deploy/kubernetes (`kubectl kustomize`, tests/config/test_kubernetes.py):
+# any 1.x from unstable bundles kustomize v5 (stable's kubernetes-client 1.20 has v2, too old).
+KUBECTL_VERSION_PREFIX="1."
 APT_SUITE="${TOOLS_APT_SUITE:-unstable}"
-DEB_PACKAGES=(prometheus promtool prometheus-alertmanager docker-compose)
+DEB_PACKAGES=(prometheus promtool prometheus-alertmanager docker-compose kubectl)
 
 # ---- paths ------------------------------------------------------------------
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -38,7 +41,7 @@ die() { printf '[install-tools] ERROR: %s\n' "$*" >&2; exit 1; }
 tool_version() {
   local out
   out="$("$@" 2>&1)" || return 0
-  printf '%s\n' "$out" | sed -n 's/.*[Vv]ersion v\{0,1\}\([0-9][0-9A-Za-z.+~-]*\).*/\1/p' | head -n1
+  printf '%s\n' "$out" | sed -n 's/.*[Vv]ersion:\{0,1\} v\{0,1\}\([0-9][0-9A-Za-z.+~-]*\).*/\1/p' | head -n1
 }
 
 # versions_ok [quiet] -> 0 if every tool is present with the expected version.
@@ -64,6 +67,7 @@ versions_ok() {
   fi
   check alertmanager "$ALERTMANAGER_VERSION_PREFIX" "$BIN_DIR/alertmanager" --version
   [[ -f "$TOOLS_DIR/.from-images" ]] || check docker-compose "$COMPOSE_VERSION_PREFIX" "$PLUGIN_DIR/docker-compose" version
+  [[ -f "$TOOLS_DIR/.from-images" ]] || check kubectl "$KUBECTL_VERSION_PREFIX" "$BIN_DIR/kubectl" version --client
   return "$ok"
 }
 
@@ -75,6 +79,7 @@ summary() {
   printf '  amtool         %s\n' "$(tool_version "$BIN_DIR/amtool" --version)"
   printf '  docker-compose %s  (DOCKER_CONFIG=%s docker compose version)\n' \
     "$(tool_version "$PLUGIN_DIR/docker-compose" version)" "$TOOLS_DIR/docker"
+  printf '  kubectl        %s\n' "$(tool_version "$BIN_DIR/kubectl" version --client)"
 }
 
 # ---- fast path ----------------------------------------------------------------
@@ -196,6 +201,7 @@ SRC_PROMTOOL="$(find_bin promtool)"
 SRC_ALERTMANAGER="$(find_bin prometheus-alertmanager)"
 SRC_AMTOOL="$(find_bin amtool)"
 SRC_COMPOSE="$(find_bin docker-compose)"
+SRC_KUBECTL="$(find_bin kubectl)"
 
 # ---- install ------------------------------------------------------------------
 mkdir -p "$BIN_DIR" "$PLUGIN_DIR"
@@ -204,6 +210,7 @@ install -m 0755 "$SRC_PROMTOOL"     "$BIN_DIR/promtool"
 install -m 0755 "$SRC_ALERTMANAGER" "$BIN_DIR/prometheus-alertmanager"
 install -m 0755 "$SRC_AMTOOL"       "$BIN_DIR/amtool"
 install -m 0755 "$SRC_COMPOSE"      "$PLUGIN_DIR/docker-compose"
+install -m 0755 "$SRC_KUBECTL"      "$BIN_DIR/kubectl"
 ln -sfn prometheus-alertmanager              "$BIN_DIR/alertmanager"
 ln -sfn ../docker/cli-plugins/docker-compose "$BIN_DIR/docker-compose"
 
@@ -216,5 +223,5 @@ if ! { mkdir -p "$AM_SHARE" && cp -r "$AM_SHARE_SRC/." "$AM_SHARE/"; } 2>/dev/nu
 fi
 
 # ---- verify -------------------------------------------------------------------
-versions_ok || die "installed tools do not match the pinned versions (prometheus/promtool ${PROMETHEUS_VERSION_PREFIX}x, alertmanager/amtool ${ALERTMANAGER_VERSION_PREFIX}x, compose ${COMPOSE_VERSION_PREFIX}x); Debian '$APT_SUITE' may have moved on - update the pins or TOOLS_APT_SUITE"
+versions_ok || die "installed tools do not match the pinned versions (prometheus/promtool ${PROMETHEUS_VERSION_PREFIX}x, alertmanager/amtool ${ALERTMANAGER_VERSION_PREFIX}x, compose ${COMPOSE_VERSION_PREFIX}x, kubectl ${KUBECTL_VERSION_PREFIX}x); Debian '$APT_SUITE' may have moved on - update the pins or TOOLS_APT_SUITE"
 summary

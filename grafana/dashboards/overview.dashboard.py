@@ -24,6 +24,13 @@ APDEX_TEXT = (f"Apdex of answered chat requests: (answers within {APDEX['satisfi
               f"within {APDEX['tolerating_seconds']:g} s) / answers; 1 is every user satisfied, 0.5 every user "
               "tolerating, 0 every user frustrated. Errors are not in it (see the error ratio).")
 PROCESS = router()  # llm_router_process_*: one series per serving process (labels pid and role)
+# On Kubernetes, kube-state-metrics (which kube-prometheus-stack runs) describes the router's
+# Deployment and HorizontalPodAutoscaler (deploy/kubernetes/base); elsewhere these series do
+# not exist and the panels show no data.
+KSM_DEPLOYMENT = '{deployment="llm-router"}'
+KSM_HPA = '{horizontalpodautoscaler="llm-router"}'
+KSM_NOTE = ("From kube-state-metrics on Kubernetes (deploy/kubernetes); no data where the router does not run "
+            "on Kubernetes (compose).")
 BY_PROCESS = "{{role}} {{pid}}"
 
 
@@ -158,6 +165,28 @@ dashboard = dashboard("overview", "Is the LLM router healthy: traffic, errors, l
         "{{role}} {{pid}} gen {{generation}}")], unit="ops", w=8,
         description="Python garbage-collector runs per second, by process and generation. Frequent generation-2 "
                     "collections cost latency (they walk every object)."),
+
+    row("Kubernetes: replicas and autoscaling"),
+    timeseries("Replicas", [
+        prom(f"sum by (namespace) (kube_deployment_spec_replicas{KSM_DEPLOYMENT})", "{{namespace}} wanted"),
+        prom(f"sum by (namespace) (kube_deployment_status_replicas_available{KSM_DEPLOYMENT})",
+             "{{namespace}} available"),
+    ], unit="short", w=9, description=f"Router replicas the Deployment wants and those available (ready long "
+                                      f"enough), per namespace. {KSM_NOTE}"),
+    timeseries("Autoscaler", [
+        prom(f"sum by (namespace) (kube_horizontalpodautoscaler_status_current_replicas{KSM_HPA})",
+             "{{namespace}} current"),
+        prom(f"sum by (namespace) (kube_horizontalpodautoscaler_status_desired_replicas{KSM_HPA})",
+             "{{namespace}} desired"),
+        prom(f"sum by (namespace) (kube_horizontalpodautoscaler_spec_max_replicas{KSM_HPA})", "{{namespace}} max"),
+    ], unit="short", w=9, description=f"The HorizontalPodAutoscaler's current and desired replicas and its "
+                                      f"ceiling: desired above current is a scale-up under way, desired at max "
+                                      f"means it cannot add more. {KSM_NOTE}"),
+    stat("Scaling decisions", [prom(f"sum(changes(kube_horizontalpodautoscaler_status_desired_replicas{KSM_HPA}"
+                                    "[$__range]))")],
+         unit="short", w=6, h=8, graph=False,
+         description=f"How many times the autoscaler changed its desired replica count over the time range. "
+                     f"{KSM_NOTE}"),
 
     row("Alerts"),
     table("Firing alerts", [prom(f"count by (alertname, severity) ({firing()})", table=True)],

@@ -28,7 +28,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 PLUGIN_DIR = REPO / ".tools" / "docker"
 STANDALONE = REPO / ".tools" / "bin" / "docker-compose"
-PROFILES = ("load", "host")
+PROFILES = ("load", "host", "scale")
 
 # Services whose health comes from their image's own HEALTHCHECK (service/Dockerfile: GET
 # /readyz with Python's HTTP client), not from compose. The alert sink runs the same image
@@ -96,7 +96,7 @@ def compose_command() -> tuple[list[str], dict[str, str]]:
 @pytest.fixture(scope="session")
 def env_file(tmp_path_factory) -> Path:
     text = (REPO / ".env.example").read_text()
-    text = re.sub(r"(?m)^(ROUTER_ADMIN_TOKEN|GRAFANA_ADMIN_PASSWORD)=$", r"\1=placeholder-secret", text)
+    text = re.sub(r"(?m)^(ROUTER_ADMIN_TOKEN|GRAFANA_ADMIN_PASSWORD|POSTGRES_PASSWORD)=$", r"\1=placeholder-secret", text)
     path = tmp_path_factory.mktemp("compose-env") / ".env"
     path.write_text(text)
     return path
@@ -156,6 +156,7 @@ def test_profiles_add_only_their_services(models):
     assert {"router", "alert-sink", "prometheus", "alertmanager", "grafana", "loki", "fluent-bit", "jaeger"} <= base
     assert set(models["load"]["services"]) - base == {"loadgen"}
     assert set(models["host"]["services"]) - base == {"node-exporter", "cadvisor"}
+    assert set(models["scale"]["services"]) - base == {"postgres", "router-replica", "router-lb", "postgres-exporter"}
 
 
 # --- images -------------------------------------------------------------------------------------
@@ -450,7 +451,10 @@ def test_every_scrape_target_is_a_service_port(services):
 
 def test_every_service_is_scraped(services):
     scraped = {("prometheus" if host == "localhost" else host) for _, host, _ in scrape_targets()}
-    assert set(services) - scraped == {"loadgen"}, "loadgen (Locust) has no metrics endpoint; every other service is scraped"
+    # loadgen (Locust) and router-lb (open-source nginx) have no Prometheus endpoint; postgres
+    # is scraped through postgres-exporter (whose DATA_SOURCE_URI names it).
+    assert set(services) - scraped == {"loadgen", "router-lb", "postgres"}, "every other service is scraped"
+    assert services["postgres-exporter"]["environment"]["DATA_SOURCE_URI"].startswith("postgres:5432/")
 
 
 def test_alertmanager_webhooks_reach_the_sink(services):

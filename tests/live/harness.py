@@ -59,6 +59,7 @@ def derive_prometheus(tmp: Path, ports: dict[str, int]) -> Path:
     for job in data["scrape_configs"]:
         if job["job_name"] in jobs:  # the components that run here
             job["static_configs"] = [{"targets": [f"127.0.0.1:{ports[jobs[job['job_name']]]}"]}]
+            job.pop("dns_sd_configs", None)  # compose-only discovery (profile `scale`'s replicas)
             kept.append(job)
     data["scrape_configs"] = kept
     path = tmp / "prometheus.yml"
