@@ -52,10 +52,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _alert_sink(gunicorn_args: list[str]) -> int:
-    from .alertsink import capacity_from_env, receivers_from_env
+    from .alertsink import capacity_from_env, max_bytes_from_env, receivers_from_env, token_from_env
 
     try:
-        receivers_from_env(), capacity_from_env()  # bad settings fail here, not in the worker
+        # bad settings fail here, not in the worker
+        receivers_from_env(), capacity_from_env(), max_bytes_from_env(), token_from_env()
     except ValueError as error:
         print(error, file=sys.stderr)
         return 1
