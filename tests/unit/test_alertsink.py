@@ -123,7 +123,11 @@ def listed(client, **query) -> list[dict]:
 
 def test_notification_is_accepted_and_queryable_with_filters(client):
     assert client.post("/webhook/pager", json=FIRING).status_code == 200
+    # received_at has millisecond precision: keep the two posts in different milliseconds,
+    # or the round trip of the second one's time below also selects the first (a flake).
+    time.sleep(0.002)
     middle = time.time()
+    time.sleep(0.002)
     assert client.post("/webhook/chat", json=resolved()).status_code == 200
 
     everything = listed(client)
