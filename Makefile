@@ -19,7 +19,9 @@ DURATION ?= 60s
 .PHONY: help venv tools run load rules dashboards lint test constraints clean
 
 help: ## List the targets
-	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  \033[1m%-18s\033[0m %s\n", $$1, $$2}'
+	@grep -hE '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) \
+	  | sed -e 's|$$(ROUTER_BIND)|$(ROUTER_BIND)|g' -e 's|$$(ROUTER_URL)|$(ROUTER_URL)|g' \
+	  | awk -F':.*## ' '{printf "  \033[1m%-18s\033[0m %s\n", $$1, $$2}'
 
 $(STAMP): service/pyproject.toml service/constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -62,8 +64,10 @@ lint: venv tools compose-config ## Check configs and rules with the real tools: 
 	scripts/check-alertmanager-routes.sh
 	$(VENV)/bin/llm-router check-config service/config/router.yaml
 
-test: venv tools ## Run the whole test suite (creates .venv, installs the tools it needs)
-	$(PY) -m pytest
+# Extra pytest options: `make test ARGS="-k alertsink -x"` (or ARGS=tests/config).
+ARGS ?=
+test: venv tools ## Run the whole test suite (creates .venv, installs the tools it needs); pytest options in ARGS="..."
+	$(PY) -m pytest $(ARGS)
 
 # Needs Docker: starts an engine where none answers (as root, no systemd needed), builds the
 # router image offline (a debootstrap base, host-built wheels), then runs tests/integration.
@@ -87,19 +91,29 @@ clean: ## Stop the stack and delete its volumes; remove the virtual environment,
 # `make up PROFILES="load host"` adds Locust (load) and node-exporter + cAdvisor (host);
 # PROFILES=scale adds router replicas on PostgreSQL behind nginx (ROUTER_LB_PORT).
 PROFILES ?=
-COMPOSE := docker compose
+# The system's compose v2 plugin; where there is none, the one `make tools` installs
+# (run standalone, so the user's Docker config and context still apply). The preflight
+# says what to do when neither works.
+ifndef COMPOSE
+COMPOSE := $(shell if docker compose version >/dev/null 2>&1; then echo "docker compose"; \
+	elif [ -x .tools/bin/docker-compose ]; then echo "$(CURDIR)/.tools/bin/docker-compose"; \
+	else echo "docker compose"; fi)
+endif
 ALL_PROFILES := --profile load --profile host --profile scale
 UP_PROFILES := $(foreach p,$(PROFILES),--profile $(p))
 # Secrets `make up` generates into .env when they are missing or empty.
-SECRETS := ROUTER_ADMIN_TOKEN GRAFANA_ADMIN_PASSWORD POSTGRES_PASSWORD
+SECRETS := ROUTER_ADMIN_TOKEN GRAFANA_ADMIN_PASSWORD ALERT_SINK_TOKEN POSTGRES_PASSWORD
+PREFLIGHT := $(PYTHON) scripts/preflight.py
 
-.PHONY: up down logs ps compose-config secrets
+.PHONY: up down logs ps compose-config secrets doctor
 
+# .env holds generated secrets: readable by its owner only (0600), from the first write.
 .env:
-	cp .env.example .env
+	(umask 077 && cp .env.example .env)
 	@echo "created .env from .env.example (edit it to change versions and ports)"
 
 secrets: .env
+	@chmod 600 .env
 	@for var in $(SECRETS); do \
 	  if ! grep -q "^$$var=." .env; then \
 	    value="$$($(PYTHON) -c 'import secrets; print(secrets.token_urlsafe(24))')"; \
@@ -108,21 +122,35 @@ secrets: .env
 	    echo "generated $$var in .env"; \
 	  fi; \
 	done
+	@chmod 600 .env
 
-up: secrets ## Build and start the stack (PROFILES="load host" for more), wait until healthy, print the URLs
-	$(COMPOSE) $(UP_PROFILES) up -d --build --wait
+# Grafana's anonymous (Viewer) access is for a stack on loopback only: for any other
+# BIND_ADDRESS `make up` turns it off (GRAFANA_ANONYMOUS=false) and says so.
+up: secrets ## Check Docker, compose and images, build and start the stack (PROFILES="load host" for more), wait until healthy, print the URLs
+	@$(PREFLIGHT) up --compose "$(COMPOSE)" --env-file .env $(UP_PROFILES)
+	@. ./.env; b="$${BIND_ADDRESS:-127.0.0.1}"; \
+	case "$$b" in 127.0.0.1|localhost|::1) anonymous=true;; \
+	  *) anonymous=false; echo "BIND_ADDRESS=$$b is not loopback: Grafana's anonymous access is off (sign in as admin)";; esac; \
+	echo "$(COMPOSE) $(UP_PROFILES) up -d --build --wait"; \
+	GRAFANA_ANONYMOUS=$$anonymous $(COMPOSE) $(UP_PROFILES) up -d --build --wait
 	@. ./.env; b="$${BIND_ADDRESS:-127.0.0.1}"; echo; \
+	case "$$b" in 127.0.0.1|localhost|::1) grafana="anonymous viewer; ";; *) grafana="";; esac; \
 	echo "  router        http://$$b:$${ROUTER_PORT}/v1   (metrics: /metrics, health: /readyz)"; \
-	echo "  grafana       http://$$b:$${GRAFANA_PORT}   (anonymous viewer; admin password: GRAFANA_ADMIN_PASSWORD in .env)"; \
+	echo "  grafana       http://$$b:$${GRAFANA_PORT}   ($${grafana}admin password: GRAFANA_ADMIN_PASSWORD in .env)"; \
 	echo "  prometheus    http://$$b:$${PROMETHEUS_PORT}"; \
 	echo "  alertmanager  http://$$b:$${ALERTMANAGER_PORT}"; \
 	echo "  alert sink    http://$$b:$${ALERT_SINK_PORT}"; \
 	echo "  jaeger        http://$$b:$${JAEGER_UI_PORT}   (OTLP: grpc $$b:$${JAEGER_OTLP_GRPC_PORT}, http $$b:$${JAEGER_OTLP_HTTP_PORT})"; \
 	echo "  loki          http://$$b:$${LOKI_PORT}   (query it through Grafana's Explore)"; \
-	echo "  fluent-bit    http://$$b:$${FLUENT_BIT_HTTP_PORT}/api/v1/uptime   (forward input: 127.0.0.1:$${FLUENT_BIT_FORWARD_PORT})"
+	echo "  fluent-bit    http://$$b:$${FLUENT_BIT_HTTP_PORT}/api/v1/health   (forward input: 127.0.0.1:$${FLUENT_BIT_FORWARD_PORT})"; \
+	echo; echo "  check it end to end: make doctor"
 
 down: ## Stop the stack, every profile included (keeps volumes)
-	@if [ -f .env ]; then $(COMPOSE) $(ALL_PROFILES) down --remove-orphans; else echo "no .env: nothing was started with make up"; fi
+	@if [ ! -f .env ]; then echo "no .env: nothing was started with make up"; exit 0; fi; \
+	$(PREFLIGHT) down --compose "$(COMPOSE)" && $(COMPOSE) $(ALL_PROFILES) down --remove-orphans
+
+doctor: venv ## Check a running stack end to end (traffic in, then what each backend saw); DOCTOR_ARGS="--json" for CI
+	$(VENV)/bin/llm-router doctor --env-file .env $(DOCTOR_ARGS)
 
 logs: .env ## Follow the stack's logs
 	$(COMPOSE) $(ALL_PROFILES) logs -f --tail=100
@@ -143,7 +171,8 @@ compose-config: tools ## Validate compose.yaml (base and every profile) with the
 	  tmp="$$(mktemp -d)"; trap 'rm -rf "$$tmp"' EXIT; env_file="$$tmp/.env"; \
 	  sed -e 's/^ROUTER_ADMIN_TOKEN=$$/ROUTER_ADMIN_TOKEN=placeholder/' \
 	      -e 's/^GRAFANA_ADMIN_PASSWORD=$$/GRAFANA_ADMIN_PASSWORD=placeholder/' \
-	      -e 's/^POSTGRES_PASSWORD=$$/POSTGRES_PASSWORD=placeholder/' .env.example > "$$env_file"; \
+	      -e 's/^POSTGRES_PASSWORD=$$/POSTGRES_PASSWORD=placeholder/' \
+	      -e 's/^ALERT_SINK_TOKEN=$$/ALERT_SINK_TOKEN=placeholder-sink-token/' .env.example > "$$env_file"; \
 	fi; \
 	echo "compose config: base (env file: $$env_file)"; \
 	"$${compose[@]}" --env-file "$$env_file" config --quiet; \

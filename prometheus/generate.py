@@ -524,11 +524,28 @@ class Rules:
                 "{{ $value | humanizePercentage }} of Loki requests on {{ $labels.route }} fail: logs may not be stored or queryable.",
                 "stack",
             ),
+            # With `retry_limit: no_limits` (fluent-bit/fluent-bit.yaml) a Loki outage never
+            # exhausts a retry (retries_failed stays 0): what moves is the retry counter, while
+            # the delivered-records counter stands still.
             self.alert(
                 "FluentBitOutputRetriesFailing",
-                f"increase(fluentbit_output_retries_failed_total{{{s['fluentbit']}}}[5m]) > 0", None, "warning",
-                "Fluent Bit output {{ $labels.name }} exhausts its retries",
-                "Fluent Bit gave up retrying chunks on output {{ $labels.name }}: log records are being lost.",
+                f"sum by (job, instance, name) (rate(fluentbit_output_retries_total{{{s['fluentbit']}}}[5m])) > 0\n"
+                f"unless\nsum by (job, instance, name) (rate(fluentbit_output_proc_records_total{{{s['fluentbit']}}}[5m])) > 0",
+                t["fluentbit_stalled_for"], "warning",
+                "Fluent Bit output {{ $labels.name }} retries without delivering",
+                "Fluent Bit keeps retrying output {{ $labels.name }} and has delivered no record for "
+                f"{t['fluentbit_stalled_for']}: logs wait in its filesystem buffer (nothing lost yet) and are "
+                "missing from Loki until it recovers.",
+                "stack",
+            ),
+            self.alert(
+                "FluentBitBufferFilling",
+                f"min by (job, instance, name) (fluentbit_output_chunk_available_capacity_percent{{{s['fluentbit']}}})"
+                f" < {t['fluentbit_buffer_free_percent']:g}",
+                t["fluentbit_buffer_for"], "warning",
+                "Fluent Bit's buffer for {{ $labels.name }} is filling up",
+                "Only {{ $value | humanize }}% of the filesystem buffer of output {{ $labels.name }} is free: when it "
+                "is full Fluent Bit deletes the oldest chunks and those logs are lost.",
                 "stack",
             ),
             self.alert(

@@ -1,15 +1,22 @@
 """Logs and traces: the router's JSON logs from Loki and the way into its traces in Jaeger.
 
-Loki's labels are only the low-cardinality `service` and `level`; tenant and model are fields
-of the JSON access lines, so they are filtered after `| json`. Fluent Bit moves trace_id
-into structured metadata, where the Loki datasource's derived field makes it a link to
-Jaeger (provisioning does that).
+Loki's labels are only the low-cardinality `service` and `level` (every line has both, a
+traceback on stderr included: fluent-bit/llm-router.lua); tenant and model are fields of the
+JSON access lines, so they are filtered after `| json`. Fluent Bit copies trace_id,
+request_id, tenant and model into structured metadata, where the Loki datasource's derived
+field makes trace_id a link to Jaeger, and leaves them in the line too, so "Line contains"
+finds the id a user has in hand.
 """
+
+import attr
 
 from common import (JAEGER, RATE, SLO, dashboard, explore, logs, loki, prom, router, row, text, timeseries)
 
 SLOW_MS = SLO["latency"]["threshold_seconds"] * 1000
-STREAM = '{service="llm-router", level=~"$level"} |= "$search"'
+# `${search:json}`: Grafana writes the text box as a JSON string, quotes and backslashes
+# escaped, which is a valid LogQL string. A plain "$search" breaks on a typed `"`: for a
+# single-value variable Grafana's Loki datasource escapes only `'`.
+STREAM = '{service="llm-router", level=~"$level"} |= ${search:json}'
 FIELDS = '| json | tenant=~"$tenant" | model=~"$model"'
 
 # Jaeger searches for the router's service: (link title, what it finds, Jaeger query).
@@ -32,8 +39,20 @@ TRACES_TEXT = "\n".join([
     "(single-process router only).",
 ])
 
-dashboard = dashboard("logs", "The router's logs (Loki) filtered by tenant, model, level and text, and the way "
-                              "from a log line or a slow request to its trace (Jaeger).", [
+
+def explore_safe_search(panel):
+    """In a panel's Explore link the query sits inside a JSON string in the URL, so the
+    `${search:json}` of the panel (a quoted JSON string) would end that string early; the
+    link uses the plain variable between escaped quotes instead, as before."""
+    links = getattr(panel, "links", None)
+    if not links:
+        return panel
+    fixed = [attr.evolve(link, uri=link.uri.replace("${search:json}", "%5C%22${search}%5C%22"))
+             if hasattr(link, "uri") else link for link in links]
+    return attr.evolve(panel, links=fixed)
+
+
+PANELS = [
     row("Logs"),
     timeseries("Log lines by level", [loki(
         f"sum by (level) (count_over_time({STREAM} [$__interval]))", "{{level}}")],
@@ -64,4 +83,9 @@ dashboard = dashboard("logs", "The router's logs (Loki) filtered by tenant, mode
         f"{router(model=True)}[{RATE}])))", "p99", exemplar=True)], unit="s", w=16, h=9,
         description="99th percentile latency of answered chat requests; each exemplar dot is one request and "
                     "opens its trace (exemplars need the single-process router)."),
-], variables=("tenant", "model", "instance", "level", "search"))
+]
+
+dashboard = dashboard("logs", "The router's logs (Loki) filtered by tenant, model, level and text, and the way "
+                              "from a log line or a slow request to its trace (Jaeger).",
+                      [explore_safe_search(panel) for panel in PANELS],
+                      variables=("tenant", "model", "instance", "level", "search"))

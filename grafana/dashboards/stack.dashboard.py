@@ -1,8 +1,10 @@
 """Stack health: each component of the observability stack, from its own metrics.
 
 Every metric here is listed in prometheus/stack-metrics.yaml. Jaeger v2 is an
-OpenTelemetry Collector: its counters lose the `_total` suffix in older releases, so they
-are matched with a __name__ regex as prometheus/rules/stack-alerts.yml does.
+OpenTelemetry Collector: whether its counters end in `_total` depends on the collector's
+metrics pipeline (Jaeger 2.19, collector v0.153 with explicit readers, exposes them without
+it; other releases with it), so they are matched with a __name__ regex, as
+prometheus/rules/stack-alerts.yml does.
 """
 
 from common import RATE, THRESHOLDS, dashboard, job, prom, row, share, stat, steps, timeseries, value_map

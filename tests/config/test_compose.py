@@ -96,7 +96,11 @@ def compose_command() -> tuple[list[str], dict[str, str]]:
 @pytest.fixture(scope="session")
 def env_file(tmp_path_factory) -> Path:
     text = (REPO / ".env.example").read_text()
+<<<<<<< HEAD
     text = re.sub(r"(?m)^(ROUTER_ADMIN_TOKEN|GRAFANA_ADMIN_PASSWORD|POSTGRES_PASSWORD)=$", r"\1=placeholder-secret", text)
+=======
+    text = re.sub(r"(?m)^(ROUTER_ADMIN_TOKEN|GRAFANA_ADMIN_PASSWORD|ALERT_SINK_TOKEN)=$", r"\1=placeholder-secret", text)
+>>>>>>> stack
     path = tmp_path_factory.mktemp("compose-env") / ".env"
     path.write_text(text)
     return path
@@ -247,6 +251,33 @@ def test_fluent_bit_healthcheck_runs_the_mounted_config(services):
     config = test[test.index("-c") + 1]
     assert test[:2] == ["CMD", "/fluent-bit/bin/fluent-bit"] and "--dry-run" in test
     bind_at(services["fluent-bit"], config)
+    # Every file the config names is mounted next to it (the Lua script of the filter).
+    for lua_filter in (f for f in fluent_bit()["pipeline"]["filters"] if f["name"] == "lua"):
+        mount = bind_at(services["fluent-bit"], lua_filter["script"])
+        assert Path(mount["source"]) == REPO / "fluent-bit" / Path(lua_filter["script"]).name
+
+
+def test_fluent_bit_health_endpoint_is_on(services):
+    service = fluent_bit()["service"]
+    # /api/v1/health reflects the outputs (make doctor reads it) only with health_check on.
+    assert service["health_check"] in (True, "on")
+    assert int(service["hc_period"]) > 0 and int(service["hc_errors_count"]) > 0
+
+
+def _bytes(size: str) -> int:
+    match = re.fullmatch(r"(\d+)\s*([KMG]?)B?", str(size).strip(), re.IGNORECASE)
+    assert match, size
+    return int(match.group(1)) * {"": 1, "K": 1024, "M": 1024**2, "G": 1024**3}[match.group(2).upper()]
+
+
+def test_fluent_bit_memory_fits_its_limit(services):
+    # Chunks in memory reach about 2 MB each (Fluent Bit's chunk size); add the backlog
+    # buffer and ~32 MB for Fluent Bit itself: a long Loki outage must not OOM-kill it.
+    service = fluent_bit()["service"]
+    chunk = 2 * 1024**2
+    needed = int(service["storage.max_chunks_up"]) * chunk + _bytes(service["storage.backlog.mem_limit"]) + 32 * 1024**2
+    limit = int(services["fluent-bit"]["mem_limit"])
+    assert needed <= limit, f"Fluent Bit may hold {needed / 1024**2:.0f} MB, its limit is {limit / 1024**2:.0f} MB"
 
 
 def test_every_service_has_a_memory_limit(services):
@@ -343,8 +374,14 @@ def test_traces_go_to_jaeger_over_otlp_http(services):
 
 def test_grafana_mounts_match_the_provisioning(services):
     grafana = services["grafana"]
-    provisioning = bind_at(grafana, "/etc/grafana/provisioning")
-    assert Path(provisioning["source"]) == REPO / "grafana" / "provisioning"
+    # Each folder the bundle owns, never the whole provisioning folder: that would hide the
+    # image's own (alerting, plugins...) and Grafana logs an error for each at start.
+    owned = sorted(p.name for p in (REPO / "grafana" / "provisioning").iterdir() if p.is_dir())
+    assert owned == ["dashboards", "datasources"]
+    assert not [m for m in binds(grafana) if m["target"] == "/etc/grafana/provisioning"]
+    for folder in owned:
+        mount = bind_at(grafana, f"/etc/grafana/provisioning/{folder}")
+        assert Path(mount["source"]) == REPO / "grafana" / "provisioning" / folder
     providers = yaml.safe_load((REPO / "grafana" / "provisioning" / "dashboards" / "dashboards.yaml").read_text())
     for provider in providers["providers"]:
         mount = bind_at(grafana, provider["options"]["path"])
@@ -358,6 +395,10 @@ def test_grafana_mounts_match_the_provisioning(services):
 def test_grafana_access(services):
     env = services["grafana"]["environment"]
     assert env["GF_AUTH_ANONYMOUS_ENABLED"] == "true"
+    # ...but only by default: `make up` turns it off for a non-loopback BIND_ADDRESS.
+    assert raw_compose()["services"]["grafana"]["environment"]["GF_AUTH_ANONYMOUS_ENABLED"] == "${GRAFANA_ANONYMOUS:-true}"
+    # No app plugin is downloaded at start (offline it fails, and it costs memory).
+    assert env["GF_PLUGINS_PREINSTALL_DISABLED"] == "true"
     assert env["GF_AUTH_ANONYMOUS_ORG_ROLE"] == "Viewer"
     assert env["GF_SECURITY_ADMIN_PASSWORD"] not in ("", "admin")
     # Without a generated password compose refuses to start Grafana (never admin/admin).
@@ -384,8 +425,10 @@ def test_prometheus_runs_the_repo_config_and_rules(services):
     assert Path(bind_at(prometheus, config)["source"]) == REPO / "prometheus" / "prometheus.yml"
     rules = bind_at(prometheus, str(Path(config).parent / "rules"))
     assert Path(rules["source"]) == REPO / "prometheus" / "rules"
-    for flag in ("--web.enable-lifecycle", "--enable-feature=exemplar-storage"):
-        assert flag in command
+    assert "--enable-feature=exemplar-storage" in command
+    # The lifecycle API (POST /-/quit, /-/reload) would let anyone who reaches the port
+    # stop Prometheus; nothing in the bundle needs it (tests/live start their own).
+    assert "--web.enable-lifecycle" not in command
 
 
 def test_alertmanager_runs_the_repo_config_single_node(services):
@@ -529,20 +572,19 @@ def test_loki_labels_are_low_cardinality():
 
 
 def test_request_facts_travel_as_structured_metadata():
-    metadata = key_values(loki_output()["structured_metadata"])
-    assert {"trace_id", "span_id", "tenant", "model", "request_id"} <= set(metadata)
-    # The loki output removes these keys from the line, so Grafana's derived field must
-    # match the structured-metadata field (matcherType label), not a regex on the line.
+    # The Lua filter builds the `metadata` map (what ends up in it: test_fluent_bit_records.py);
+    # Grafana's derived field matches the structured-metadata field (matcherType label).
+    assert loki_output()["structured_metadata_map_keys"] == "$metadata"
     datasources = yaml.safe_load((REPO / "grafana" / "provisioning" / "datasources" / "datasources.yaml").read_text())
     loki = next(d for d in datasources["datasources"] if d["type"] == "loki")
-    fields = {f["matcherRegex"]: f for f in loki["jsonData"]["derivedFields"]}
-    assert fields["trace_id"]["matcherType"] == "label"
+    fields = [f for f in loki["jsonData"]["derivedFields"] if f["name"] == "trace_id"]
+    assert fields and fields[0]["matcherType"] == "label"
 
 
 def test_labels_and_metadata_name_fields_the_router_writes():
     line = json.loads(real_router_line())
     driver_fields = {"container_name", "container_id", "source"}
-    for value in [*key_values(loki_output()["labels"]).values(), *key_values(loki_output()["structured_metadata"]).values()]:
+    for value in key_values(loki_output()["labels"]).values():
         if value.startswith("$"):
             field = value[1:]
             # tenant and model are on access lines only (request facts); the rest on every line.
@@ -560,6 +602,21 @@ def test_fluent_bit_never_drops_logs_during_a_loki_outage():
 
 # --- Loki and Jaeger configs ---------------------------------------------------------------------------------------
 
+def test_loki_storage_client_is_pinned_and_inside_the_volume():
+    loki = yaml.safe_load((REPO / "loki" / "loki.yaml").read_text())
+    storage = loki["storage_config"]
+    # Loki's own client, explicitly: a newer default (Thanos) would ignore these paths.
+    assert storage["use_thanos_objstore"] is False
+    # Every path Loki writes (chunks, index, delete requests, compactor) is under /loki,
+    # the only directory the image's uid 10001 owns.
+    paths = [storage["filesystem"]["directory"], storage["tsdb_shipper"]["active_index_directory"],
+             storage["tsdb_shipper"]["cache_location"], loki["compactor"]["working_directory"],
+             *loki["common"]["storage"]["filesystem"].values()]
+    for path in paths:
+        assert Path(path).is_relative_to(STATEFUL["loki"]), path
+    assert storage["filesystem"]["directory"] == loki["common"]["storage"]["filesystem"]["chunks_directory"]
+
+
 def test_loki_config_retention_and_schema():
     loki = yaml.safe_load((REPO / "loki" / "loki.yaml").read_text())
     compactor = loki["compactor"]
@@ -568,6 +625,18 @@ def test_loki_config_retention_and_schema():
     assert (schema["store"], schema["schema"], schema["object_store"]) == ("tsdb", "v13", "filesystem")
     assert loki["limits_config"]["allow_structured_metadata"] is True
     assert loki["limits_config"]["retention_period"]
+
+
+def test_jaeger_config_details():
+    jaeger = yaml.safe_load((REPO / "jaeger" / "config.yaml").read_text())
+    resource = jaeger["service"]["telemetry"]["resource"]
+    # The declarative list form; the inline map is the legacy one (a warning at every start).
+    assert set(resource) == {"attributes"}
+    assert {"name": "service.name", "value": "jaeger"} in resource["attributes"]
+    # The query service must not trace itself into the store it serves.
+    assert jaeger["extensions"]["jaeger_query"]["enable_tracing"] is False
+    # A permanently failed component makes /status (the healthcheck) fail.
+    assert jaeger["extensions"]["healthcheckv2"]["component_health"]["include_permanent_errors"] is True
 
 
 def test_jaeger_memory_store_is_bounded(services):

@@ -677,8 +677,12 @@ def test_loki_derived_field_opens_the_trace_in_jaeger():
         assert provisioned(field["url"]) == "${__value.raw}", "the internal link's query must be the matched trace id"
         if field.get("matcherType") == "label":
             # the trace id field of the router's log lines (telemetry/logs.py), which Fluent Bit
-            # sends to Loki as structured metadata
-            assert field["matcherRegex"] == "trace_id", field
+            # sends to Loki as structured metadata; Grafana searches field names with the regex
+            # (re.search semantics), so only an anchored pattern picks that one field.
+            pattern = re.compile(provisioned(field["matcherRegex"]))
+            assert pattern.search("trace_id"), field
+            assert not [name for name in ("parent_trace_id", "trace_id_old", "x_trace_id") if pattern.search(name)], (
+                f"{field['matcherRegex']!r} also matches other fields: anchor it (^trace_id$)")
 
 
 def test_jaeger_links_spans_to_loki_logs_and_prometheus_metrics():

@@ -111,14 +111,18 @@ class Sink(LiveProcess):
 
 
 @pytest.fixture
-def stack(tmp_path, live_router):
+def stack(tmp_path, live_router, request):
     ports = {"sink": free_port(), "prometheus": free_port(), "alertmanager": free_port()}
+    # Extra environment for the router: a test module may define stack_router_env(tmp_path)
+    # (tests/live/test_doctor.py sends the spans to a local OTLP receiver that way).
+    router_env = getattr(request.module, "stack_router_env", lambda tmp: {})(tmp_path)
     data = quiet_models(config_dict())
     data["routing"]["circuit_breaker"] = {"failure_threshold": 3, "reset_timeout_seconds": 2}
     # Scraped like the compose deployment: on the metrics process's own port.
     ports["router"] = free_port()
     router = live_router(workers=2, config=data, env={
-        "LLM_ROUTER_ADMIN_TOKEN": ADMIN_TOKEN, "LLM_ROUTER_METRICS_BIND": f"127.0.0.1:{ports['router']}"})
+        "LLM_ROUTER_ADMIN_TOKEN": ADMIN_TOKEN, "LLM_ROUTER_METRICS_BIND": f"127.0.0.1:{ports['router']}",
+        **router_env})
     started: list[LiveProcess] = []
     sink = Sink(tmp_path, [sys.executable, "-m", "llm_router.cli", "alert-sink"], ports["sink"],
                 {"ALERT_SINK_BIND": f"127.0.0.1:{ports['sink']}"})

@@ -4,6 +4,13 @@ Each accepted notification becomes one JSON log line (like the router's) and an 
 in-memory ring buffer that tests and humans read back from /api/notifications. Run it with
 `llm-router alert-sink` (gunicorn, one worker: the buffer lives in that worker's memory).
 
+The buffer keeps a summary of each notification, never the raw payload (whose labels and
+annotations can be anything an alert rule writes), and is bounded twice: by count
+(ALERT_SINK_CAPACITY) and by the bytes of its JSON (ALERT_SINK_MAX_BYTES); the oldest
+entries go first. Reading is open, like Alertmanager's own API; emptying it
+(DELETE /api/notifications) needs `Authorization: Bearer $ALERT_SINK_TOKEN`, and is refused
+when no token is configured.
+
 Receiver names are configured (ALERT_SINK_RECEIVERS), so the metric label set is bounded:
 a post to an unknown receiver is a 404, and a malformed payload a 400, both counted only in
 llm_alertsink_invalid_requests_total.
@@ -11,6 +18,7 @@ llm_alertsink_invalid_requests_total.
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import os
@@ -32,6 +40,11 @@ SERVICE = "llm-alertsink"
 DEFAULT_RECEIVERS = ("pager", "chat", "low-priority", "heartbeat")
 RECEIVERS_ENV = "ALERT_SINK_RECEIVERS"
 CAPACITY_ENV = "ALERT_SINK_CAPACITY"
+MAX_BYTES_ENV = "ALERT_SINK_MAX_BYTES"
+TOKEN_ENV = "ALERT_SINK_TOKEN"
+DEFAULT_MAX_BYTES = 4 * 1024 * 1024
+# Per alert, the labels and annotations a reader needs; the rest of the payload is dropped.
+KEPT_ANNOTATIONS = ("summary", "runbook_url", "dashboard_url")
 MAX_BODY_BYTES = 1024 * 1024
 STATUSES = ("firing", "resolved")
 _RECEIVER_NAME = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
@@ -56,6 +69,22 @@ def capacity_from_env() -> int:
     if not value.isdigit() or int(value) < 1:
         raise ValueError(f"{CAPACITY_ENV} must be a positive integer, got {value!r}")
     return int(value)
+
+
+def max_bytes_from_env() -> int:
+    """ALERT_SINK_MAX_BYTES, else 4 MiB of buffered JSON."""
+    value = os.environ.get(MAX_BYTES_ENV, "").strip() or str(DEFAULT_MAX_BYTES)
+    if not value.isdigit() or int(value) < 1024:
+        raise ValueError(f"{MAX_BYTES_ENV} must be an integer of at least 1024 (bytes), got {value!r}")
+    return int(value)
+
+
+def token_from_env() -> str | None:
+    """ALERT_SINK_TOKEN (the bearer token DELETE /api/notifications needs), or None."""
+    value = os.environ.get(TOKEN_ENV, "").strip()
+    if value and len(value) < 16:
+        raise ValueError(f"{TOKEN_ENV} must be at least 16 characters (`make up` generates one)")
+    return value or None
 
 
 def _check_receivers(names) -> tuple[str, ...]:
@@ -95,11 +124,19 @@ class SinkMetrics:
                 self.alerts.labels(receiver, status)
 
 
-class NotificationBuffer:
-    """The most recent notifications, oldest first; safe to use from many threads."""
+def _size(entry: dict) -> int:
+    return len(json.dumps(entry, separators=(",", ":")).encode())
 
-    def __init__(self, capacity: int) -> None:
-        self._items: deque[dict] = deque(maxlen=capacity)
+
+class NotificationBuffer:
+    """The most recent notifications, oldest first, within a count and a byte budget; safe
+    to use from many threads. An entry alone over the budget keeps its header fields and
+    loses its alert list (alerts_omitted says how many)."""
+
+    def __init__(self, capacity: int, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+        self._items: deque[tuple[dict, int]] = deque()
+        self._capacity, self._max_bytes = capacity, max_bytes
+        self._bytes = 0
         self._lock = threading.Lock()
         self._next_id = 1
 
@@ -107,17 +144,30 @@ class NotificationBuffer:
         with self._lock:
             entry = {"id": self._next_id, **entry}
             self._next_id += 1
-            self._items.append(entry)
+            size = _size(entry)
+            if size > self._max_bytes:
+                entry = {**entry, "alerts": [], "alerts_omitted": len(entry.get("alerts", []))}
+                size = _size(entry)
+            self._items.append((entry, size))
+            self._bytes += size
+            while len(self._items) > self._capacity or (self._bytes > self._max_bytes and len(self._items) > 1):
+                _, dropped = self._items.popleft()
+                self._bytes -= dropped
         return entry
 
     def snapshot(self) -> list[dict]:
         with self._lock:
-            return list(self._items)
+            return [entry for entry, _ in self._items]
+
+    @property
+    def bytes(self) -> int:
+        return self._bytes
 
     def clear(self) -> int:
         with self._lock:
             count = len(self._items)
             self._items.clear()
+            self._bytes = 0
         return count
 
 
@@ -181,12 +231,27 @@ def validate_payload(body: bytes) -> dict:
 
 
 def _summary(alert: dict) -> dict:
+    """What the log line says about one alert: its name, state and one-line summary."""
     return {
         "alertname": alert["labels"].get("alertname"),
         "status": alert["status"],
         "severity": alert["labels"].get("severity"),
         "summary": alert.get("annotations", {}).get("summary"),
         "fingerprint": alert.get("fingerprint"),
+    }
+
+
+def _held(alert: dict) -> dict:
+    """What the buffer keeps about one alert: the summary, its labels (which identify it:
+    Alertmanager groups and routes by them) and the links a reader follows; the free-text
+    description and any other annotation are dropped."""
+    annotations = alert.get("annotations", {})
+    return {
+        **_summary(alert),
+        "labels": dict(alert["labels"]),
+        **{key: annotations[key] for key in KEPT_ANNOTATIONS[1:] if key in annotations},
+        "starts_at": alert.get("startsAt"),
+        "ends_at": alert.get("endsAt"),
     }
 
 
@@ -212,15 +277,22 @@ def _rfc3339(seconds: float) -> str:
 # --- the app -----------------------------------------------------------------------------------
 
 
-def create_sink_app(receivers: tuple[str, ...] | None = None, capacity: int | None = None) -> Flask:
-    """The sink: receivers default to $ALERT_SINK_RECEIVERS, capacity to $ALERT_SINK_CAPACITY or 1000."""
+_UNSET = object()
+
+
+def create_sink_app(receivers: tuple[str, ...] | None = None, capacity: int | None = None,
+                    max_bytes: int | None = None, token: str | None | object = _UNSET) -> Flask:
+    """The sink: receivers default to $ALERT_SINK_RECEIVERS, capacity to $ALERT_SINK_CAPACITY or
+    1000, max_bytes to $ALERT_SINK_MAX_BYTES or 4 MiB, the DELETE token to $ALERT_SINK_TOKEN."""
     receivers = _check_receivers(receivers) if receivers is not None else receivers_from_env()
     capacity = capacity if capacity is not None else capacity_from_env()
+    max_bytes = max_bytes if max_bytes is not None else max_bytes_from_env()
+    token = token_from_env() if token is _UNSET else token
     if capacity < 1:
         raise ValueError("capacity must be at least 1")
     logs.configure_logging(SERVICE)
     metrics = SinkMetrics(receivers)
-    buffer = NotificationBuffer(capacity)
+    buffer = NotificationBuffer(capacity, max_bytes)
 
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
@@ -250,16 +322,17 @@ def create_sink_app(receivers: tuple[str, ...] | None = None, capacity: int | No
             "status": payload["status"],
             "alertnames": sorted({a["alertname"] for a in alerts if a["alertname"] is not None}),
             "alert_count": len(alerts),
+            "truncated_alerts": payload.get("truncatedAlerts", 0),
             "group_key": payload.get("groupKey"),
-            "alerts": alerts,
-            "payload": payload,
+            "alerts": [_held(alert) for alert in payload["alerts"]],
         })
         metrics.notifications.labels(receiver, payload["status"]).inc()
         for alert in alerts:
             metrics.alerts.labels(receiver, alert["status"]).inc()
         metrics.last.labels(receiver).set(now)
         _log.info("alert notification", extra={
-            key: entry[key] for key in ("receiver", "status", "alertnames", "alert_count", "group_key", "alerts")
+            **{key: entry[key] for key in ("receiver", "status", "alertnames", "alert_count", "group_key")},
+            "alerts": alerts,
         })
         return jsonify(status="accepted", id=entry["id"])
 
@@ -278,6 +351,13 @@ def create_sink_app(receivers: tuple[str, ...] | None = None, capacity: int | No
 
     @app.delete("/api/notifications")
     def clear_notifications():
+        if token is None:
+            raise APIError(403, f"Emptying the buffer is disabled: start the sink with {TOKEN_ENV} set.",
+                           type="permission_error", code="delete_disabled")
+        scheme, _, presented = request.headers.get("Authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(presented.strip().encode(), token.encode()):
+            raise APIError(401, "A valid bearer token is required to empty the buffer.",
+                           type="authentication_error", code="invalid_token")
         return jsonify(deleted=buffer.clear())
 
     @app.get("/healthz")
@@ -289,5 +369,6 @@ def create_sink_app(receivers: tuple[str, ...] | None = None, capacity: int | No
         encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
         return Response(encoder(metrics.registry), content_type=content_type)
 
-    _log.info("alert sink ready", extra={"receivers": list(receivers), "capacity": capacity})
+    _log.info("alert sink ready", extra={"receivers": list(receivers), "capacity": capacity, "max_bytes": max_bytes,
+                                         "delete_enabled": token is not None})
     return app

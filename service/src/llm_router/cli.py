@@ -1,5 +1,5 @@
-"""`llm-router`: run the router, check a configuration file, run the local alert sink, or
-summarise a time range from Prometheus."""
+"""`llm-router`: run the router, check a configuration file, run the local alert sink,
+summarise a time range from Prometheus, or check a running stack end to end (doctor)."""
 
 from __future__ import annotations
 
@@ -27,6 +27,14 @@ def main(argv: list[str] | None = None) -> int:
                     "See docs/report.md.",
     )
     add_report_arguments(report)
+    doctor = commands.add_parser(
+        "doctor", help="check a running stack end to end: tagged traffic in, then what each backend saw",
+        description="Send a little tagged traffic through the router, then ask Prometheus, Alertmanager, the "
+                    "alert sink, Loki, Jaeger, Grafana and Fluent Bit what they saw. Exit 1 when a check fails.",
+    )
+    from .doctor import add_arguments as add_doctor_arguments
+
+    add_doctor_arguments(doctor)
     args = parser.parse_args(argv)
 
     if args.command == "check-config":
@@ -41,6 +49,10 @@ def main(argv: list[str] | None = None) -> int:
         return run_report(args, report)
     if args.command == "alert-sink":
         return _alert_sink(args.gunicorn_args)
+    if args.command == "doctor":
+        from .doctor import run as run_doctor
+
+        return run_doctor(args)
     try:
         load_config()  # fail here, with the key named, rather than in every worker
     except ConfigError as error:
@@ -52,10 +64,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _alert_sink(gunicorn_args: list[str]) -> int:
-    from .alertsink import capacity_from_env, receivers_from_env
+    from .alertsink import capacity_from_env, max_bytes_from_env, receivers_from_env, token_from_env
 
     try:
-        receivers_from_env(), capacity_from_env()  # bad settings fail here, not in the worker
+        # bad settings fail here, not in the worker
+        receivers_from_env(), capacity_from_env(), max_bytes_from_env(), token_from_env()
     except ValueError as error:
         print(error, file=sys.stderr)
         return 1
