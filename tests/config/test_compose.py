@@ -96,11 +96,8 @@ def compose_command() -> tuple[list[str], dict[str, str]]:
 @pytest.fixture(scope="session")
 def env_file(tmp_path_factory) -> Path:
     text = (REPO / ".env.example").read_text()
-<<<<<<< HEAD
-    text = re.sub(r"(?m)^(ROUTER_ADMIN_TOKEN|GRAFANA_ADMIN_PASSWORD|POSTGRES_PASSWORD)=$", r"\1=placeholder-secret", text)
-=======
-    text = re.sub(r"(?m)^(ROUTER_ADMIN_TOKEN|GRAFANA_ADMIN_PASSWORD|ALERT_SINK_TOKEN)=$", r"\1=placeholder-secret", text)
->>>>>>> stack
+    text = re.sub(r"(?m)^(ROUTER_ADMIN_TOKEN|GRAFANA_ADMIN_PASSWORD|ALERT_SINK_TOKEN|POSTGRES_PASSWORD)=$",
+                  r"\1=placeholder-secret", text)
     path = tmp_path_factory.mktemp("compose-env") / ".env"
     path.write_text(text)
     return path
