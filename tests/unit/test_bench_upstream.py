@@ -6,15 +6,11 @@ from __future__ import annotations
 import http.client
 import json
 import socket
-import sys
 import time
 
 import pytest
 
-from conftest import REPO
-
-sys.path.insert(0, str(REPO))
-from bench.upstream import Upstream, UpstreamProcess  # noqa: E402
+from bench.upstream import Upstream, UpstreamProcess
 
 
 def post(conn: http.client.HTTPConnection, body: dict) -> http.client.HTTPResponse:

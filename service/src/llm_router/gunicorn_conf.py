@@ -75,6 +75,7 @@ else:
 from llm_router.telemetry.logs import gunicorn_logconfig  # noqa: E402
 
 logconfig_dict = gunicorn_logconfig(os.environ.get("OTEL_SERVICE_NAME", "llm-router"))
+logger_class = "llm_router.telemetry.logs.GunicornLogger"
 
 
 def on_starting(server) -> None:

@@ -44,8 +44,21 @@ def default_state_dir() -> Path:
     return Path(os.environ.get(STATE_DIR_ENV) or Path(tempfile.gettempdir()) / f"llm-router-state-{os.getuid()}")
 
 
+_MONTH = [0.0, 0.0, ""]  # [start, end, "YYYY-MM"] of the month last asked for
+
+
 def current_month(now: float | None = None) -> str:
-    return datetime.fromtimestamp(now if now is not None else time.time(), timezone.utc).strftime("%Y-%m")
+    """The UTC month of ``now`` as YYYY-MM (asked on every budget check and charge: the
+    month last computed is kept with its bounds)."""
+    now = time.time() if now is None else now
+    start, end, month = _MONTH
+    if start <= now < end:
+        return month
+    moment = datetime.fromtimestamp(now, timezone.utc)
+    first = moment.replace(day=1, hour=0, minute=0, second=0, microsecond=0)
+    following = first.replace(year=first.year + 1, month=1) if first.month == 12 else first.replace(month=first.month + 1)
+    _MONTH[:] = [first.timestamp(), following.timestamp(), first.strftime("%Y-%m")]
+    return _MONTH[2]
 
 
 def private_directory(path: Path) -> Path:
