@@ -58,7 +58,9 @@ control_socket_disable = True
 MASTER_PID_ENV = "LLM_ROUTER_MASTER_PID"
 PROCESS_DIR_ENV = "LLM_ROUTER_PROCESS_DIR"
 _shm = "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
-os.environ.setdefault(PROCESS_DIR_ENV, str(Path(_shm) / f"llm-router-process-{os.getpid()}"))
+if not os.environ.get(PROCESS_DIR_ENV):
+    # Private (0700) and unguessable: /dev/shm is shared by every user of the host.
+    os.environ[PROCESS_DIR_ENV] = tempfile.mkdtemp(prefix="llm-router-process-", dir=_shm)
 
 # A metrics directory this master made itself (not one given in the environment) is
 # removed when it stops.

@@ -74,9 +74,9 @@ def private_directory(path: Path) -> Path:
         pass
     info = os.lstat(path)
     if stat.S_ISLNK(info.st_mode) or not stat.S_ISDIR(info.st_mode):
-        raise StoreError(f"{path} is not a directory (a symlink or a file is refused)")
+        raise PermissionError(f"{path} is not a directory (a symlink or a file is refused)")
     if info.st_uid != os.geteuid():
-        raise StoreError(f"{path} belongs to uid {info.st_uid}, not to this user ({os.geteuid()})")
+        raise PermissionError(f"{path} belongs to uid {info.st_uid}, not to this user ({os.geteuid()})")
     if stat.S_IMODE(info.st_mode) & 0o077:
         os.chmod(path, 0o700, follow_symlinks=False)
     return path

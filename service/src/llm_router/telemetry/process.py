@@ -447,7 +447,9 @@ def prepare_directory(directory: str) -> None:
     """Create the directory and delete the files of processes that are gone (the master
     calls this when it starts; files are keyed by pid and start time, so a stale file is
     never read, only cleaned up)."""
-    os.makedirs(directory, exist_ok=True)
+    from ..state import private_directory  # a directory of this user, 0700, no symlink
+
+    private_directory(directory)
     prune_directory(directory)
 
 
