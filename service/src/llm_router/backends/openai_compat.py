@@ -1,30 +1,20 @@
 """Any OpenAI-compatible upstream (OpenAI, vLLM, Ollama, llama.cpp server, another router).
 
-One urllib3 connection pool per model and process, sized to the model's concurrency limit
-so a call never finds the pool full: keep-alive connections are reused by every call,
-streams included (a stream is read to the end of its HTTP body after `[DONE]`, so its
-connection goes back to the pool instead of being dropped). urllib3 rather than requests:
-the same pool underneath without the session, hook and cookie machinery, which cost more
-CPU per call than the rest of the router's work (docs/performance.md). Under the gevent
-worker its sockets are cooperative: a call in flight is a greenlet waiting on a socket.
+The HTTP side is transport.py: a keep-alive pool per model and process (geventhttpclient
+under the gevent worker, urllib3 elsewhere) that streams reuse too. Here: the OpenAI
+request and response shapes, and what each failure means for routing (BackendError kinds).
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from urllib.parse import urlsplit
 
 import orjson
-import urllib3
-from urllib3.exceptions import HTTPError, NewConnectionError, TimeoutError as Urllib3Timeout
 
 from ..config import ModelConfig
 from .base import BackendError, ChatRequest, Chunk, Completion, estimate_tokens, message_text
-
-# Seconds to open a TCP (and TLS) connection; the model's timeout_seconds bounds each read.
-CONNECT_TIMEOUT = 10.0
-READ_SIZE = 65536
+from .transport import TransportError, transport_for
 
 
 def _error_for_status(status: int, model: str) -> BackendError:
@@ -40,26 +30,14 @@ def _finish_reason(value: object, default: str | None = "stop") -> str | None:
     return value if isinstance(value, str) and value else default
 
 
-def _transport_error(model: str, error: Exception) -> BackendError:
-    # NewConnectionError (refused, unreachable) is a ConnectTimeoutError in urllib3 2.x.
-    if isinstance(error, (Urllib3Timeout, TimeoutError)) and not isinstance(error, NewConnectionError):
-        return BackendError("timeout", f"{model}: no answer in time")
-    return BackendError("connection_error", f"{model}: {type(error).__name__}")
+def _backend_error(model: str, error: TransportError) -> BackendError:
+    return BackendError("timeout" if error.timeout else "connection_error", f"{model}: {error}")
 
 
 class OpenAICompatibleBackend:
     def __init__(self, model: ModelConfig, pool_size: int | None = None) -> None:
         self.model = model
-        base = urlsplit(model.base_url.rstrip("/"))
-        self.path = base.path + "/chat/completions"
-        self.models_path = base.path + "/models"
-        self.pool = urllib3.connection_from_url(
-            model.base_url,
-            maxsize=pool_size or model.max_concurrency,
-            block=False,
-            retries=False,  # the router retries and falls back itself
-            timeout=urllib3.Timeout(connect=min(CONNECT_TIMEOUT, model.timeout_seconds), read=model.timeout_seconds),
-        )
+        self.transport = transport_for(model.base_url, pool_size or model.max_concurrency, model.timeout_seconds)
         self.api_key = os.environ.get(model.api_key_env, "") if model.api_key_env else ""
         self._headers = {"Content-Type": "application/json", "Accept": "application/json"}
         if self.api_key:
@@ -74,11 +52,12 @@ class OpenAICompatibleBackend:
     def probe(self, timeout: float) -> None:
         """GET <base_url>/models: cheap on every OpenAI-compatible server, and it checks the key."""
         try:
-            response = self.pool.urlopen("GET", self.models_path, headers=self._headers,
-                                         timeout=urllib3.Timeout(total=timeout))
-        except (HTTPError, OSError) as error:
-            kind = _transport_error(self.model.id, error)
-            raise BackendError(kind.kind, f"{self.model.id}: probe failed ({kind})") from None
+            response = self.transport.request("GET", "/models", None, self._headers, timeout=timeout)
+            response.body()
+            response.close(complete=True)
+        except TransportError as error:
+            kind = "timeout" if error.timeout else "connection_error"
+            raise BackendError(kind, f"{self.model.id}: probe failed ({error})") from None
         if not 200 <= response.status < 300:
             raise _error_for_status(response.status, self.model.id)
 
@@ -92,22 +71,24 @@ class OpenAICompatibleBackend:
             body["stream_options"] = {"include_usage": True}
         headers = {**self._headers, **request.headers} if request.headers else self._headers
         try:
-            response = self.pool.urlopen(
-                "POST", self.path, body=orjson.dumps(body), headers=headers, preload_content=not stream,
-            )
-        except (HTTPError, OSError) as error:
-            raise _transport_error(self.model.id, error) from None
+            response = self.transport.request("POST", "/chat/completions", orjson.dumps(body), headers)
+        except TransportError as error:
+            raise _backend_error(self.model.id, error) from None
         if response.status != 200:
-            if stream:
-                response.drain_conn()
-                response.release_conn()
+            response.close(complete=False)
             raise _error_for_status(response.status, self.model.id)
         return response
 
     def complete(self, request: ChatRequest) -> Completion:
         response = self._post(request, stream=False)
         try:
-            data = orjson.loads(response.data)
+            raw = response.body()
+        except TransportError as error:
+            response.close(complete=False)
+            raise _backend_error(self.model.id, error) from None
+        response.close(complete=True)
+        try:
+            data = orjson.loads(raw)
             choice = data["choices"][0]
             text = choice["message"].get("content") or ""
             usage = data.get("usage") or {}
@@ -126,32 +107,17 @@ class OpenAICompatibleBackend:
         response = self._post(request, stream=True)
         return self._chunks(request, response)
 
-    def _events(self, response) -> Iterator[bytes]:
-        """The payloads of the SSE `data:` lines, as they arrive (any chunking)."""
-        pending = b""
-        while True:
-            data = response.read1(READ_SIZE)
-            if not data:
-                if pending.strip():
-                    yield from _data_lines(pending)
-                return
-            pending += data
-            if b"\n" not in data:
-                continue
-            complete, _, pending = pending.rpartition(b"\n")
-            yield from _data_lines(complete)
-
     def _chunks(self, request: ChatRequest, response) -> Iterator[Chunk]:
-        produced = 0
         text_seen: list[str] = []
         finish_reason = None
         usage: dict = {}
         done = False
-        reusable = False
+        complete = False
         try:
-            for payload in self._events(response):
-                if done:
-                    continue  # read on to the end of the body: the connection stays reusable
+            for line in response.lines():
+                if done or not line.startswith(b"data:"):
+                    continue  # after [DONE], read on to the end of the body: the connection stays reusable
+                payload = line[5:].strip()
                 if payload == b"[DONE]":
                     done = True
                     continue
@@ -164,20 +130,17 @@ class OpenAICompatibleBackend:
                     piece = (choice.get("delta") or {}).get("content") or ""
                     finish_reason = _finish_reason(choice.get("finish_reason"), finish_reason)
                     if piece:
-                        produced += 1
                         text_seen.append(piece)
                         yield Chunk(piece)
-            reusable = True
-        except (HTTPError, OSError) as error:
+            complete = True
+        except TransportError as error:
             if not done:
-                raise _transport_error(self.model.id, error) from None
+                raise _backend_error(self.model.id, error) from None
         finally:
-            # A stream read to its end returns its connection to the pool; one cut short (an
-            # error, or the client went away: GeneratorExit) closes it, which is how the
+            # A stream read to its end keeps its connection; one cut short (an error, or the
+            # client went away: GeneratorExit or ClientGone here) closes it, which is how the
             # upstream learns that the call was cancelled.
-            if not reusable:
-                response.close()
-            response.release_conn()
+            response.close(complete=complete)
         text = "".join(text_seen)
         yield Chunk(
             "",
@@ -185,9 +148,3 @@ class OpenAICompatibleBackend:
             int(usage.get("prompt_tokens") or estimate_tokens(message_text(request.messages))),
             int(usage.get("completion_tokens") or (estimate_tokens(text) if text else 0)),
         )
-
-
-def _data_lines(block: bytes) -> Iterator[bytes]:
-    for line in block.split(b"\n"):
-        if line.startswith(b"data:"):
-            yield line[5:].strip()
