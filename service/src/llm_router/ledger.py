@@ -68,6 +68,7 @@ class Entry:
     index: int
     seq: int = 0
     state: int = FREE
+    created: float = 0.0
 
 
 class JournalFull(Exception):
@@ -245,8 +246,10 @@ class Ledger:
     def open(self, entry: Entry, tenant: str, model: str, request_id: str, input_tokens: int, output_tokens: int,
              price_in: float, price_out: float) -> None:
         """A stream produced its first token: from now on it is charged, whatever happens."""
-        entry.seq = self.journal.write(entry.index, OPEN, 0, self.clock(), input_tokens, output_tokens, price_in,
-                                       price_out, tenant, model, request_id)
+        entry.created = self.clock()
+        with self._lock:  # one sequence number per charge, even with threads (gthread)
+            entry.seq = self.journal.write(entry.index, OPEN, 0, entry.created, input_tokens, output_tokens, price_in,
+                                           price_out, tenant, model, request_id)
         entry.state = OPEN
 
     def produced(self, entry: Entry, output_tokens: int) -> None:
@@ -255,17 +258,17 @@ class Ledger:
     def finish(self, entry: Entry, tenant: str, model: str, request_id: str, code: int, input_tokens: int,
                output_tokens: int, price_in: float, price_out: float) -> None:
         """The request's final charge (cost 0 for a cache hit: an answer, so rateable)."""
-        created = self.clock()
-        if entry.state == OPEN:
-            self.journal.finish(entry.index, code, input_tokens, output_tokens)
-        else:
-            entry.seq = self.journal.write(entry.index, FINAL, code, created, input_tokens, output_tokens, price_in,
-                                           price_out, tenant, model, request_id)
-        entry.state = FINAL
+        created = entry.created if entry.state == OPEN else self.clock()  # as the journal has it
         cost = input_tokens / 1000 * price_in + output_tokens / 1000 * price_out
-        charge = Charge(f"{self.journal.id}:{entry.seq}", request_id, tenant, model, created, input_tokens,
-                        output_tokens, cost, code)
         with self._lock:
+            if entry.state == OPEN:
+                self.journal.finish(entry.index, code, input_tokens, output_tokens)
+            else:
+                entry.seq = self.journal.write(entry.index, FINAL, code, created, input_tokens, output_tokens, price_in,
+                                               price_out, tenant, model, request_id)
+            entry.state = FINAL
+            charge = Charge(f"{self.journal.id}:{entry.seq}", request_id, tenant, model, created, input_tokens,
+                            output_tokens, cost, code)
             self._final[entry.index] = charge
             if cost:
                 key = (tenant, charge.month)
