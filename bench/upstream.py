@@ -52,7 +52,9 @@ closed or reset it, not us), `connections_open`, `requests` (every HTTP request 
 client went away before the answer), `streams_started`, `streams_completed` (`[DONE]`
 written), `streams_cancelled` (the client closed before the end: hung streams end here),
 `streams_reset` (reset by `reset-after-<n>`), `in_flight` (chat requests being answered
-now), `max_in_flight` (since the last reset), `responses_by_status`.
+now), `max_in_flight` (since the last reset), `responses_by_status`; and `cpu_seconds`, the
+process's CPU time so far (`time.process_time()`: finer than /proc's clock ticks; in-process,
+it is the test's process).
 """
 
 from __future__ import annotations
@@ -180,7 +182,7 @@ class _Server:
 
     def snapshot(self) -> dict:
         s = self.stats
-        return {**s, "responses_by_status": dict(s["responses_by_status"])}
+        return {**s, "responses_by_status": dict(s["responses_by_status"]), "cpu_seconds": time.process_time()}
 
     def reset(self) -> dict:
         before = self.snapshot()
