@@ -166,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
                              + " and ".join(f"'{c}'" for c in scenarios.DEFAULT_ROUTER_CONFIGS))
     parser.add_argument("--peers", action="store_true",
                         help="add LiteLLM's proxy (.venv-peers, `make bench-peers` installs it) to the scenarios")
+    parser.add_argument("--cells", nargs="+", metavar="PATTERN",
+                        help="only the scenario cells whose key contains one of these (e.g. 'stream/2000')")
     parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=SECTIONS,
                         help="what to measure (a partial run needs --out elsewhere than docs/)")
     parser.add_argument("--note", help="a line printed at the top of the report (e.g. what else ran)")

@@ -177,14 +177,14 @@ class Router:
                 pass
         return values
 
-    def stop(self, timeout: float = 60) -> float:
-        """SIGTERM the master and wait: returns the seconds from signal to exit."""
+    def stop(self, timeout: float = 60, sig: int = signal.SIGTERM) -> float:
+        """Signal the master (SIGTERM: graceful) and wait: returns the seconds from signal to exit."""
         if self.process is None or self.process.poll() is not None:
             if self.process is not None:
                 self._log.close()
             return 0.0
         started = time.monotonic()
-        self.process.send_signal(signal.SIGTERM)
+        self.process.send_signal(sig)
         try:
             self.process.wait(timeout)
         except subprocess.TimeoutExpired:

@@ -12,6 +12,7 @@ would otherwise steal the next cell's CPU).
 
 from __future__ import annotations
 
+import signal
 import statistics
 import threading
 import time
@@ -50,7 +51,7 @@ class Cell:
 
 
 MATRIX_CLIENTS = (1, 8, 128, 512, 2000)
-MATRIX_SECONDS = {1: 5, 8: 6, 128: 8, 512: 10, 2000: 10}
+MATRIX_SECONDS = {1: 4, 8: 5, 128: 6, 512: 8, 2000: 8}
 
 
 def cells(quick: bool) -> list[Cell]:
@@ -58,11 +59,11 @@ def cells(quick: bool) -> list[Cell]:
     if quick:
         return [Cell("latency", 1, False, "50ms", 3), Cell("matrix", 8, False, "500ms", 3),
                 Cell("matrix", 8, True, "500ms", 3), Cell("matrix", 128, True, "500ms", 3)]
-    out = [Cell("latency", 1, False, "50ms", 10), Cell("latency", 1, True, "50ms", 10)]
+    out = [Cell("latency", 1, False, "50ms", 8), Cell("latency", 1, True, "50ms", 8)]
     for clients in MATRIX_CLIENTS:
         for stream in (False, True):
             out.append(Cell("matrix", clients, stream, "500ms", MATRIX_SECONDS[clients]))
-    out += [Cell("long", 512, True, "5s", 20), Cell("long", 2000, True, "5s", 20)]
+    out += [Cell("long", 512, True, "5s", 16), Cell("long", 2000, True, "5s", 16)]
     return out
 
 
@@ -118,7 +119,7 @@ class Direct:
     def start(self) -> None:
         pass
 
-    def stop(self) -> None:
+    def stop(self, fast: bool = False) -> None:
         pass
 
     def root(self) -> int:
@@ -158,16 +159,17 @@ class RouterTarget:
             self.url = self.router.url
             self.worker_class = self.router.worker_class()
 
-    def stop(self) -> None:
+    def stop(self, fast: bool = False) -> None:
         if self.router is not None:
-            self.router.stop(timeout=20)
+            # SIGQUIT: gunicorn's quick shutdown, for a router dropped with a backlog.
+            self.router.stop(timeout=20, sig=signal.SIGQUIT if fast else signal.SIGTERM)
             self.router = None
 
     def root(self) -> int:
         return self.router.process.pid
 
     def pids(self) -> list[int]:
-        return procs.tree(self.router.process.pid)
+        return procs.tree(self.router.process.pid) if self.router else []
 
     def worker_pids(self) -> list[int]:
         return self.router.worker_pids()
@@ -202,16 +204,16 @@ class PeerTarget:
             self.proxy = self._factory().start()
             self.url, self.key = self.proxy.url, self.proxy.key
 
-    def stop(self) -> None:
+    def stop(self, fast: bool = False) -> None:
         if self.proxy is not None:
-            self.proxy.stop()
+            self.proxy.stop(timeout=5 if fast else 20)
             self.proxy = None
 
     def root(self) -> int:
         return self.proxy.process.pid
 
     def pids(self) -> list[int]:
-        return self.proxy.pids()
+        return self.proxy.pids() if self.proxy else []
 
     def worker_pids(self) -> list[int]:
         return self.proxy.worker_pids()
@@ -230,6 +232,7 @@ def measure(target, cell: Cell, upstream: UpstreamProcess) -> dict:
     timeout_s = max(10, int(cell.delay * 4))
     mid: list[dict] = []
     timer = threading.Timer(cell.seconds / 2, lambda: mid.append(upstream.stats()))
+    upstream.reset()  # max_in_flight from here: how many calls the target held at once
     up0 = upstream.stats()
     cpu0, busy0 = procs.cpu_by_pid(target.pids()), procs.machine_busy_seconds()
     timer.start()
@@ -240,7 +243,9 @@ def measure(target, cell: Cell, upstream: UpstreamProcess) -> dict:
     cpu_s = procs.cpu_delta(cpu0, procs.cpu_by_pid(target.pids()))
     busy1, up1 = procs.machine_busy_seconds(), upstream.stats()
     upstream_cpu = up1["cpu_seconds"] - up0["cpu_seconds"]
-    requests = max(1, result["requests"])
+    requests = result["requests"] or float("nan")  # nothing answered: no per-request figure
+    if not result["requests"]:
+        result["p50_us"] = result["p99_us"] = float("nan")
     accepted = up1["connections_accepted"] - up0["connections_accepted"]
     chats = up1["chat_requests"] - up0["chat_requests"]
     result.update({
@@ -252,6 +257,7 @@ def measure(target, cell: Cell, upstream: UpstreamProcess) -> dict:
         "upstream_requests": chats, "upstream_connections": accepted,
         "new_connections_per_request": accepted / chats if chats else float("nan"),
         "rss_worker_max_mib": rss.per_process, "rss_total_mib": rss.total,
+        "upstream_max_in_flight": up1["max_in_flight"],
         "upstream_cancelled": (up1["streams_cancelled"] - up0["streams_cancelled"])
         + (up1["requests_cancelled"] - up0["requests_cancelled"]),
     })
@@ -282,16 +288,28 @@ def settle(upstream: UpstreamProcess, quiet: float = 1.0, timeout: float = 15) -
             return
 
 
-def drain(target, upstream: UpstreamProcess, cell: Cell) -> tuple[bool, float]:
-    """Wait for the upstream to have nothing in flight (the target finished or dropped what
-    wrk left behind); False when it does not within the answer time + 3 s."""
+def drain(target, upstream: UpstreamProcess, cell: Cell, quiet: float = 0.5,
+          idle_cores: float = 0.15) -> tuple[bool, float]:
+    """Wait until, for `quiet` seconds, the upstream has nothing in flight, no new call arrives
+    and the target's processes use under `idle_cores` of CPU (the target finished or dropped
+    what wrk left behind). False when that does not happen within the answer time + 1.5 s: a
+    target still working through a backlog (which may not have reached the upstream yet)."""
     started = time.monotonic()
-    deadline = started + cell.delay + 3
+    deadline = started + cell.delay + 1.5
+    last, quiet_since, cpu_then = -1, None, {}
     while time.monotonic() < deadline:
-        if upstream.stats()["in_flight"] == 0:
-            time.sleep(0.2)  # and nothing queued behind it starting right now
-            if upstream.stats()["in_flight"] == 0:
-                return True, time.monotonic() - started
+        stats = upstream.stats()
+        now = time.monotonic()
+        if stats["in_flight"] == 0 and stats["chat_requests"] == last:
+            if quiet_since is None:
+                quiet_since, cpu_then = now, procs.cpu_by_pid(target.pids())
+            elif now - quiet_since >= quiet:
+                busy = procs.cpu_delta(cpu_then, procs.cpu_by_pid(target.pids())) / (now - quiet_since)
+                if busy < idle_cores:
+                    return True, now - started
+                quiet_since, cpu_then = now, procs.cpu_by_pid(target.pids())
+        else:
+            last, quiet_since = stats["chat_requests"], None
         time.sleep(0.1)
     return False, time.monotonic() - started
 
@@ -301,6 +319,10 @@ def drain(target, upstream: UpstreamProcess, cell: Cell) -> tuple[bool, float]:
 
 def run(args, work: Path, log) -> dict:
     plan = cells(args.quick)
+    if getattr(args, "cells", None):
+        plan = [c for c in plan if any(pattern in c.key for pattern in args.cells)]
+        if not plan:
+            raise SystemExit(f"no scenario cell matches {args.cells}: {[c.key for c in cells(args.quick)]}")
     upstream = UpstreamProcess(delay=ANSWERS["500ms"][1], events=args.events, log=work / "upstream.log").start()
     targets: list = [Direct(upstream)]
     try:
@@ -342,7 +364,7 @@ def run(args, work: Path, log) -> dict:
                     result.update(round=rnd, drained=drained, drain_s=waited)
                     if not drained and target.restartable:
                         restarts[target.name] += 1
-                        target.stop()
+                        target.stop(fast=True)
                         result["restarted"] = True
                         drain(target, upstream, cell)
                     runs[target.name][cell.key].append(result)
@@ -409,6 +431,7 @@ def summary(scn: dict) -> dict[str, dict[str, dict]]:
                 "wrk_cpu_us": _median([r["wrk_cpu_us_per_request"] for r in runs]),
                 "conn_per_req": _median([r["new_connections_per_request"] for r in runs]),
                 "steady_conn_per_req": _median([r["steady_connections_per_request"] for r in runs]),
+                "max_in_flight": min(r.get("upstream_max_in_flight", 0) for r in runs),
                 "rss_worker_mib": max(r["rss_worker_max_mib"] for r in runs),
                 "rss_total_mib": max(r["rss_total_mib"] for r in runs),
                 "other_cpu_share": _median([r["other_cpu_s"] / (r["duration_us"] / 1e6) for r in runs]),
