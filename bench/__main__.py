@@ -195,9 +195,10 @@ def main(argv: list[str] | None = None) -> int:
         args.tenants, args.workers, args.scrapes, args.blocking_requests = [2, 5], [1, 2], 5, 50
         args.scenario_rounds = 1
     argv_used = sys.argv[1:] if argv is None else argv
-    if args.json:  # where the raw results went is no part of how they were measured
-        i = argv_used.index("--json") if "--json" in argv_used else -1
-        argv_used = argv_used[:i] + argv_used[i + 2:] if i >= 0 else [a for a in argv_used if not a.startswith("--json=")]
+    # Where the raw results went, and the note, are no part of how they were measured.
+    for option in ("--json", "--note"):
+        i = argv_used.index(option) if option in argv_used else -1
+        argv_used = argv_used[:i] + argv_used[i + 2:] if i >= 0 else [a for a in argv_used if not a.startswith(option + "=")]
     command = "python -m bench " + " ".join(shlex.quote(a) for a in argv_used)
 
     # SIGTERM unwinds like Ctrl-C, so every router started so far is stopped on the way out.
