@@ -51,7 +51,7 @@ class Cell:
 
 
 MATRIX_CLIENTS = (1, 8, 128, 512, 2000)
-MATRIX_SECONDS = {1: 4, 8: 5, 128: 6, 512: 8, 2000: 8}
+MATRIX_SECONDS = {1: 4, 8: 5, 128: 6, 512: 8, 2000: 10}
 
 
 def cells(quick: bool) -> list[Cell]:

@@ -169,6 +169,7 @@ class _Server:
         self.events = events
         self.stats = new_stats()
         self.next_id = 0
+        self.connections: set[_Connection] = set()
 
     def count_status(self, status: int) -> None:
         by = self.stats["responses_by_status"]
@@ -213,6 +214,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_made(self, transport) -> None:
         self.transport = transport
+        self.server.connections.add(self)
         self.stats["connections_accepted"] += 1
         self.stats["connections_open"] += 1
 
@@ -231,6 +233,7 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc) -> None:
         self._client_gone()
         self.closed = True
+        self.server.connections.discard(self)
         if self.control:
             return
         self.stats["connections_open"] -= 1
@@ -537,6 +540,11 @@ async def _serve(host: str, port: int, delay: float, events: int, backlog: int,
     started(server, state)
     async with server:
         await stop.wait()
+        # Stopping: drop the connections still open (hung streams, idle keep-alive ones).
+        for connection in list(state.connections):
+            connection.closed_by_us = True
+            connection.transport.abort()
+        await asyncio.sleep(0)
 
 
 def raise_nofile_limit() -> int:

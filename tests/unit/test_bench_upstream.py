@@ -54,6 +54,22 @@ def upstream():
         yield up
 
 
+@pytest.fixture(autouse=True)
+def _close_clients(monkeypatch):
+    """Close every http.client connection a test opened (no ResourceWarning left behind)."""
+    opened = []
+    original = http.client.HTTPConnection.__init__
+
+    def init(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        opened.append(self)
+
+    monkeypatch.setattr(http.client.HTTPConnection, "__init__", init)
+    yield
+    for conn in opened:
+        conn.close()
+
+
 def test_completion_has_openai_shape_and_usage(upstream):
     conn = http.client.HTTPConnection("127.0.0.1", upstream.port, timeout=5)
     started = time.monotonic()
