@@ -415,7 +415,10 @@ class _Connection(asyncio.Protocol):
         created = int(time.time())
         prefix = ('data: {"id":"%s","object":"chat.completion.chunk","created":%d,"model":%s,"choices":['
                   % (rid, created, json.dumps(model)))
+        event = '%s{"index":0,"delta":{%%s"content":"%s"},"finish_reason":null}]}\n\n' % (prefix, TOKEN)
         self.stream = {
+            # Every content event is the same bytes (the first also carries the role): built once.
+            "first": _chunk((event % '"role":"assistant",').encode()), "event": _chunk((event % "").encode()),
             "prefix": prefix, "sent": 0, "events": events, "finish": finish, "usage": usage,
             "include_usage": include_usage, "start": self.loop.time(), "delay": delay,
             "stop_after": b.reset_after if b.reset_after is not None else b.hang_after,
@@ -440,10 +443,7 @@ class _Connection(asyncio.Protocol):
             return  # hang: nothing more until the client goes away
         if sent < n:
             if self.loop.time() >= st["start"] + st["delay"] * (sent + 1) / n - 0.0005:
-                role = '"role":"assistant",' if sent == 0 else ""
-                event = '%s{"index":0,"delta":{%s"content":"%s"},"finish_reason":null}]}\n\n' % (
-                    st["prefix"], role, TOKEN)
-                self._write(_chunk(event.encode()))
+                self._write(st["first"] if sent == 0 else st["event"])
                 st["sent"] = sent = sent + 1
                 if st["stop_after"] is not None and sent >= st["stop_after"]:
                     self._stream_step()
