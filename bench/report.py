@@ -181,8 +181,12 @@ def markdown(results: dict, path: Path) -> None:
     w("")
     w("```sh")
     w("make bench          # the full suite (writes this file and docs/img/*.png)")
+    w("make bench-peers    # the same, with LiteLLM's proxy in the scenarios (installs it into .venv-peers)")
     w("make bench-quick    # one short round into a temporary directory (what CI runs)")
     w(f"{results['command']}   # what produced this file")
+    w("# only the scenarios, another router configuration side by side (any LLM_ROUTER_* variables):")
+    w("python -m bench --sections scenarios --out /tmp/bench \\")
+    w("  --router-config default: --router-config 'one-worker:LLM_ROUTER_WORKERS=1'")
     w("```")
     w("")
     if tp:

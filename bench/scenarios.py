@@ -137,13 +137,18 @@ class RouterTarget:
     restartable = True
 
     def __init__(self, name: str, env: dict[str, str], work: Path, upstream: UpstreamProcess, workers: int = 2) -> None:
+        # LLM_ROUTER_WORKERS in a configuration sets the worker count (the harness waits for
+        # that many workers, and uses the multiprocess metrics directory with more than one).
+        env = dict(env)
+        workers = int(env.pop("LLM_ROUTER_WORKERS", workers))
         self.name, self.extra_env, self.work, self.workers = name, env, work, workers
         self.config = scenario_config(upstream.base_url)
         self.router = None
         self.starts = 0
         self.key = TENANT_KEY
         shown = ", ".join(f"`{k}={v}`" for k, v in env.items()) or "no worker variables set"
-        self.description = f"our router, {workers} workers, {shown}; metrics and logs on, traces off"
+        self.description = (f"our router, {workers} worker{'s' if workers != 1 else ''}, {shown}; metrics and logs "
+                            "on, traces off")
 
     def model(self, answer: str) -> str:
         return f"fake-{answer}"
