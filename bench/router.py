@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -125,10 +126,9 @@ class Router:
 
     def worker_class(self) -> str:
         """The worker class gunicorn reported at start ("Using worker: gthread")."""
-        for line in self.tail(200_000).splitlines():
-            if "Using worker:" in line:
-                return line.split("Using worker:", 1)[1].strip().strip('"}').split()[0].strip('",')
-        return "unknown"
+        # The line may be plain text or inside a JSON log line's message.
+        found = re.search(r"Using worker: ([\w.]+)", self.tail(200_000))
+        return found.group(1) if found else "unknown"
 
     def children(self) -> dict[int, str]:
         """The master's children: pid -> its /proc/<pid>/stat line."""
