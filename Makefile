@@ -85,7 +85,7 @@ constraints: ## Re-resolve service/constraints.txt from pyproject.toml
 
 clean: ## Stop the stack and delete its volumes; remove the virtual environment, tools and reports
 	@if [ -f .env ] && command -v docker >/dev/null; then $(COMPOSE) $(ALL_PROFILES) down -v --remove-orphans; fi
-	rm -rf $(VENV) .tools reports .pytest_cache
+	rm -rf $(VENV) .venv-peers .tools reports .pytest_cache
 
 # --- the stack (Docker) ---------------------------------------------------------------------
 # `make up PROFILES="load host"` adds Locust (load) and node-exporter + cAdvisor (host);
@@ -182,7 +182,9 @@ compose-config: tools ## Validate compose.yaml (base and every profile) with the
 	done
 
 # --- performance (bench/) -------------------------------------------------------------------
-.PHONY: bench bench-quick
+.PHONY: bench bench-quick bench-peers
+# Extra `python -m bench` arguments, e.g. BENCH_ARGS="--scenario-rounds 1 --note 'text'".
+BENCH_ARGS ?=
 
 # wrk is a Debian package: installed with apt-get when missing (as root, or with sudo).
 define BENCH_DEPS
@@ -192,9 +194,15 @@ define BENCH_DEPS
 	$(PIP) install --quiet -c service/constraints.txt -e 'service[bench]'
 endef
 
-bench: venv ## Performance suite (~10 min): writes docs/performance.md and docs/img/*.png
+bench: venv ## Performance suite (~20 min): writes docs/performance.md and docs/img/*.png
 	$(BENCH_DEPS)
-	$(PY) -m bench
+	$(PY) -m bench $(BENCH_ARGS)
+
+# Opt-in (not in make test): LiteLLM's proxy, pinned in bench/peers.py, in .venv-peers (~760 MB).
+bench-peers: venv ## make bench plus LiteLLM's proxy in the scenarios (installs it into .venv-peers)
+	$(BENCH_DEPS)
+	$(PY) -m bench.peers --install
+	$(PY) -m bench --peers $(BENCH_ARGS)
 
 bench-quick: venv ## The benchmark's short mode (checks it runs), into a temporary directory
 	$(BENCH_DEPS)

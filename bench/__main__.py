@@ -12,11 +12,12 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
-from . import load, report
+from . import load, report, scenarios
 from .router import REPO, free_port, label_set_config, quiet_config, start_router
 from .sink import TraceSink
 
 CONFIGS = ["off", "metrics", "metrics+logs", "full", "full-sampled-10%", "full-collector-down"]
+SECTIONS = ["telemetry", "overhead", "scrape", "scenarios"]
 
 
 def telemetry_env(name: str, sink_url: str, dead_url: str) -> dict[str, str]:
@@ -53,6 +54,7 @@ def throughput(args, work: Path, sink: TraceSink) -> dict:
             router = start_router(work, f"tp-{name.replace('%', 'pct').replace('+', '-')}-r{rnd}", quiet_config(), env,
                                   workers=2, threads=4)
             try:
+                worker_class = router.worker_class()
                 rss_start = router.worker_rss_mib()
                 sink_before = sink.requests
                 if args.warmup > 0:
@@ -78,7 +80,7 @@ def throughput(args, work: Path, sink: TraceSink) -> dict:
             run["ratio"] = run["rps"] / base["rps"] if base["rps"] else float("nan")
             # The throughput ratio the CPU cost implies: off's CPU per request over this one's.
             run["cpu_ratio"] = base["cpu_us_per_request"] / run["cpu_us_per_request"] if run["cpu_us_per_request"] else float("nan")
-    return {"configs": CONFIGS, "runs": runs, "command": runs["off"][0]["command"].replace(
+    return {"configs": CONFIGS, "runs": runs, "worker_class": worker_class, "command": runs["off"][0]["command"].replace(
         str(REPO) + "/", "").split(" http")[0] + " http://127.0.0.1:PORT/v1/chat/completions"}
 
 
@@ -156,6 +158,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scrapes", type=int, default=20, help="timed scrapes per configuration")
     parser.add_argument("--blocking-requests", type=int, default=300,
                         help="sequential requests measured without and with scraping")
+    parser.add_argument("--scenario-rounds", type=int, default=2,
+                        help="rounds of the scenarios against the fake upstream (targets interleaved)")
+    parser.add_argument("--events", type=int, default=20, help="tokens (stream events) per fake-upstream answer")
+    parser.add_argument("--router-config", dest="router_configs", action="append", metavar="NAME:VAR=V,...",
+                        help="a router configuration for the scenarios, by environment (repeatable); default: "
+                             + " and ".join(f"'{c}'" for c in scenarios.DEFAULT_ROUTER_CONFIGS))
+    parser.add_argument("--peers", action="store_true",
+                        help="add LiteLLM's proxy (.venv-peers, `make bench-peers` installs it) to the scenarios")
+    parser.add_argument("--cells", nargs="+", metavar="PATTERN",
+                        help="only the scenario cells whose key contains one of these (e.g. 'stream/2000')")
+    parser.add_argument("--sections", nargs="+", choices=SECTIONS, default=SECTIONS,
+                        help="what to measure (a partial run needs --out elsewhere than docs/)")
+    parser.add_argument("--note", help="a line printed at the top of the report (e.g. what else ran)")
     parser.add_argument("--report-only", type=Path, metavar="JSON",
                         help="rewrite the report and plots from a --json file, without measuring")
     args = parser.parse_args(argv)
@@ -165,14 +180,25 @@ def main(argv: list[str] | None = None) -> int:
         report.plots(results, args.out / "img")
         report.markdown(results, args.out / "performance.md")
         return 0
+    if args.router_configs is None:
+        args.router_configs = list(scenarios.DEFAULT_ROUTER_CONFIGS)
+    if set(args.sections) != set(SECTIONS) and args.out.resolve() == (REPO / "docs").resolve():
+        parser.error("a partial run (--sections) would overwrite docs/performance.md: give --out")
+    if args.peers:
+        from .peers import LITELLM_REQUIREMENT, installed_version
+
+        if installed_version() is None:
+            parser.error(f"--peers needs LiteLLM's proxy in .venv-peers: `make bench-peers` installs {LITELLM_REQUIREMENT}")
     if args.quick:
         args.rounds, args.duration, args.warmup = 1, 2, 0
         args.rate, args.count = 50, 100
         args.tenants, args.workers, args.scrapes, args.blocking_requests = [2, 5], [1, 2], 5, 50
+        args.scenario_rounds = 1
     argv_used = sys.argv[1:] if argv is None else argv
-    if args.json:  # where the raw results went is no part of how they were measured
-        i = argv_used.index("--json") if "--json" in argv_used else -1
-        argv_used = argv_used[:i] + argv_used[i + 2:] if i >= 0 else [a for a in argv_used if not a.startswith("--json=")]
+    # Where the raw results went, and the note, are no part of how they were measured.
+    for option in ("--json", "--note"):
+        i = argv_used.index(option) if option in argv_used else -1
+        argv_used = argv_used[:i] + argv_used[i + 2:] if i >= 0 else [a for a in argv_used if not a.startswith(option + "=")]
     command = "python -m bench " + " ".join(shlex.quote(a) for a in argv_used)
 
     # SIGTERM unwinds like Ctrl-C, so every router started so far is stopped on the way out.
@@ -182,15 +208,23 @@ def main(argv: list[str] | None = None) -> int:
     code_at_start = report.code_version()
     args.out.mkdir(parents=True, exist_ok=True)
     results = {"date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"), "command": command.strip(),
-               "quick": args.quick, "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
+               "quick": args.quick, "note": args.note,
+               "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
     with tempfile.TemporaryDirectory(prefix="llm-router-bench-") as tmp, TraceSink() as sink:
         work = Path(tmp)
-        log(f"throughput: {args.rounds} round(s) x {len(CONFIGS)} configurations x {args.duration:g}s")
-        results["throughput"] = throughput(args, work, sink)
-        log("router overhead, open loop")
-        results["overhead"] = overhead(args, work, sink)
-        log(f"scrape time: tenants {args.tenants} x workers {args.workers}")
-        results["scrape"] = scrapes(args, work)
+        if "telemetry" in args.sections:
+            log(f"throughput: {args.rounds} round(s) x {len(CONFIGS)} configurations x {args.duration:g}s")
+            results["throughput"] = throughput(args, work, sink)
+        if "overhead" in args.sections:
+            log("router overhead, open loop")
+            results["overhead"] = overhead(args, work, sink)
+        if "scrape" in args.sections:
+            log(f"scrape time: tenants {args.tenants} x workers {args.workers}")
+            results["scrape"] = scrapes(args, work)
+        if "scenarios" in args.sections:
+            log(f"scenarios: {args.scenario_rounds} round(s), router configurations {args.router_configs}"
+                + (", with LiteLLM" if args.peers else ""))
+            results["scenarios"] = scenarios.run(args, work, log)
         results["sink_requests"] = sink.requests
     results["elapsed_s"] = time.monotonic() - started
     results["machine"] = report.machine(load.wrk_version())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import math
+import os
 import shutil
 import statistics
 import subprocess
@@ -13,7 +14,10 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from .upstream import raise_nofile_limit
+
 LUA = Path(__file__).resolve().parent / "chat.lua"
+OPENAI_LUA = Path(__file__).resolve().parent / "openai.lua"
 CHAT_PATH = "/v1/chat/completions"
 
 
@@ -43,6 +47,47 @@ def run_wrk(url: str, seconds: float, threads: int = 2, connections: int = 8) ->
             result["command"] = " ".join(command)
             return result
     raise RuntimeError(f"wrk printed no summary:\n{out.stdout}\n{out.stderr}")
+
+
+def run_wrk_openai(base_url: str, clients: int, seconds: int, model: str, stream: bool = False, key: str = "",
+                   timeout_s: int = 10, jitter_ms: int = 0) -> dict:
+    """One closed-loop wrk run of the scenarios (bench/openai.lua) against `base_url`/v1.
+
+    Also returns `wrk_cpu_s`, wrk's own CPU seconds (the load client's cost), from wait4."""
+    threads = 1 if clients < 2 else 2
+    seconds = max(1, int(seconds))
+    command = [wrk_path(), f"-t{threads}", f"-c{clients}", f"-d{seconds}s", "--timeout", f"{timeout_s}s",
+               "-s", str(OPENAI_LUA), f"{base_url}/v1/chat/completions"]
+    env = {**os.environ, "BENCH_MODEL": model, "BENCH_STREAM": "1" if stream else "0", "BENCH_KEY": key,
+           "BENCH_JITTER_MS": str(int(jitter_ms)), "BENCH_FIRST": str(math.ceil(clients / threads))}
+    # 2,000 connections need more open files than a default soft limit of 1,024.
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+                               preexec_fn=raise_nofile_limit)
+    killer = threading.Timer(seconds + timeout_s + 60, process.kill)
+    killer.start()
+    try:
+        out = process.stdout.read().decode(errors="replace")
+        err = process.stderr.read().decode(errors="replace")
+        _, status, usage = os.wait4(process.pid, 0)
+        process.returncode = os.waitstatus_to_exitcode(status)
+    finally:
+        killer.cancel()
+        process.stdout.close()
+        process.stderr.close()
+    for line in out.splitlines():
+        if line.startswith("BENCH_JSON "):
+            result = json.loads(line[len("BENCH_JSON "):])
+            duration = result["duration_us"] / 1e6
+            result["rps"] = result["requests"] / duration
+            result["errors"] = result["status"] + result["connect"] + result["read"] + result["write"] + result["timeout"]
+            # Whole 2xx answers per second. A timeout is an answer slower than --timeout: wrk
+            # counts it in requests (and as an error) but leaves it out of the latency histogram.
+            good = result["requests"] - result["status"] - result["incomplete"] - result["timeout"]
+            result["ok_rps"] = max(0, good) / duration
+            result["wrk_cpu_s"] = usage.ru_utime + usage.ru_stime
+            result["command"] = " ".join(command)
+            return result
+    raise RuntimeError(f"wrk printed no summary:\n{out}\n{err}")
 
 
 class _Client:

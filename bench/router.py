@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -20,7 +21,8 @@ SHIPPED_CONFIG = REPO / "service" / "config" / "router.yaml"
 # Variables of the caller's environment that would change what is measured.
 _SCRUBBED = ("PROMETHEUS_MULTIPROC_DIR", "OTEL_SDK_DISABLED", "OTEL_TRACES_SAMPLER", "OTEL_TRACES_SAMPLER_ARG",
              "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_TRACES_EXPORTER",
-             "LLM_ROUTER_METRICS", "LLM_ROUTER_LOGS", "LLM_ROUTER_TRACES", "LLM_ROUTER_LOG_CONTENT")
+             "LLM_ROUTER_METRICS", "LLM_ROUTER_LOGS", "LLM_ROUTER_TRACES", "LLM_ROUTER_LOG_CONTENT",
+             "LLM_ROUTER_WORKER_CLASS", "LLM_ROUTER_WORKER_CONNECTIONS", "LLM_ROUTER_THREADS")
 
 
 def free_port() -> int:
@@ -56,10 +58,11 @@ def label_set_config(tenants: int, models: int = 10) -> dict:
 
 
 class Router:
-    """One gunicorn router: `workers` workers x `threads` threads, stdout+stderr to a file."""
+    """One gunicorn router: `workers` workers x `threads` threads (None: the router's default),
+    stdout+stderr to a file."""
 
     def __init__(self, workdir: Path, name: str, config: dict, env: dict[str, str], workers: int = 2,
-                 threads: int = 4) -> None:
+                 threads: int | None = 4) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         # Where Prometheus scrapes in the default deployment (LLM_ROUTER_METRICS_BIND): the
@@ -77,11 +80,12 @@ class Router:
             "LLM_ROUTER_CONFIG": str(base / "router.yaml"),
             "LLM_ROUTER_BIND": f"127.0.0.1:{self.port}",
             "LLM_ROUTER_WORKERS": str(workers),
-            "LLM_ROUTER_THREADS": str(threads),
             "LLM_ROUTER_STATE_DIR": str(base / "state"),
             "LLM_ROUTER_SIM_TIME_SCALE": "0",
             "LLM_ROUTER_METRICS_BIND": f"127.0.0.1:{self.metrics_port}",
         })
+        if threads is not None:
+            self.env["LLM_ROUTER_THREADS"] = str(threads)
         if workers > 1:
             self.env["PROMETHEUS_MULTIPROC_DIR"] = str(base / "metrics")
         self.env.update(env)
@@ -119,6 +123,12 @@ class Router:
             return self.log_path.read_text(errors="replace")[-chars:]
         except OSError:
             return ""
+
+    def worker_class(self) -> str:
+        """The worker class gunicorn reported at start ("Using worker: gthread")."""
+        # The line may be plain text or inside a JSON log line's message.
+        found = re.search(r"Using worker: ([\w.]+)", self.tail(200_000))
+        return found.group(1) if found else "unknown"
 
     def children(self) -> dict[int, str]:
         """The master's children: pid -> its /proc/<pid>/stat line."""
@@ -167,14 +177,14 @@ class Router:
                 pass
         return values
 
-    def stop(self, timeout: float = 60) -> float:
-        """SIGTERM the master and wait: returns the seconds from signal to exit."""
+    def stop(self, timeout: float = 60, sig: int = signal.SIGTERM) -> float:
+        """Signal the master (SIGTERM: graceful) and wait: returns the seconds from signal to exit."""
         if self.process is None or self.process.poll() is not None:
             if self.process is not None:
                 self._log.close()
             return 0.0
         started = time.monotonic()
-        self.process.send_signal(signal.SIGTERM)
+        self.process.send_signal(sig)
         try:
             self.process.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -186,7 +196,7 @@ class Router:
 
 
 def start_router(workdir: Path, name: str, config: dict, env: dict[str, str], workers: int = 2,
-                 threads: int = 4, attempts: int = 3) -> Router:
+                 threads: int | None = 4, attempts: int = 3) -> Router:
     """Start a router; on a port lost to another process meanwhile, try again on a new one."""
     for attempt in range(1, attempts + 1):
         try:

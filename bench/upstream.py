@@ -52,7 +52,9 @@ closed or reset it, not us), `connections_open`, `requests` (every HTTP request 
 client went away before the answer), `streams_started`, `streams_completed` (`[DONE]`
 written), `streams_cancelled` (the client closed before the end: hung streams end here),
 `streams_reset` (reset by `reset-after-<n>`), `in_flight` (chat requests being answered
-now), `max_in_flight` (since the last reset), `responses_by_status`.
+now), `max_in_flight` (since the last reset), `responses_by_status`; and `cpu_seconds`, the
+process's CPU time so far (`time.process_time()`: finer than /proc's clock ticks; in-process,
+it is the test's process).
 """
 
 from __future__ import annotations
@@ -167,6 +169,7 @@ class _Server:
         self.events = events
         self.stats = new_stats()
         self.next_id = 0
+        self.connections: set[_Connection] = set()
 
     def count_status(self, status: int) -> None:
         by = self.stats["responses_by_status"]
@@ -180,7 +183,7 @@ class _Server:
 
     def snapshot(self) -> dict:
         s = self.stats
-        return {**s, "responses_by_status": dict(s["responses_by_status"])}
+        return {**s, "responses_by_status": dict(s["responses_by_status"]), "cpu_seconds": time.process_time()}
 
     def reset(self) -> dict:
         before = self.snapshot()
@@ -211,6 +214,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_made(self, transport) -> None:
         self.transport = transport
+        self.server.connections.add(self)
         self.stats["connections_accepted"] += 1
         self.stats["connections_open"] += 1
 
@@ -229,6 +233,7 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc) -> None:
         self._client_gone()
         self.closed = True
+        self.server.connections.discard(self)
         if self.control:
             return
         self.stats["connections_open"] -= 1
@@ -410,7 +415,10 @@ class _Connection(asyncio.Protocol):
         created = int(time.time())
         prefix = ('data: {"id":"%s","object":"chat.completion.chunk","created":%d,"model":%s,"choices":['
                   % (rid, created, json.dumps(model)))
+        event = '%s{"index":0,"delta":{%%s"content":"%s"},"finish_reason":null}]}\n\n' % (prefix, TOKEN)
         self.stream = {
+            # Every content event is the same bytes (the first also carries the role): built once.
+            "first": _chunk((event % '"role":"assistant",').encode()), "event": _chunk((event % "").encode()),
             "prefix": prefix, "sent": 0, "events": events, "finish": finish, "usage": usage,
             "include_usage": include_usage, "start": self.loop.time(), "delay": delay,
             "stop_after": b.reset_after if b.reset_after is not None else b.hang_after,
@@ -435,10 +443,7 @@ class _Connection(asyncio.Protocol):
             return  # hang: nothing more until the client goes away
         if sent < n:
             if self.loop.time() >= st["start"] + st["delay"] * (sent + 1) / n - 0.0005:
-                role = '"role":"assistant",' if sent == 0 else ""
-                event = '%s{"index":0,"delta":{%s"content":"%s"},"finish_reason":null}]}\n\n' % (
-                    st["prefix"], role, TOKEN)
-                self._write(_chunk(event.encode()))
+                self._write(st["first"] if sent == 0 else st["event"])
                 st["sent"] = sent = sent + 1
                 if st["stop_after"] is not None and sent >= st["stop_after"]:
                     self._stream_step()
@@ -535,6 +540,11 @@ async def _serve(host: str, port: int, delay: float, events: int, backlog: int,
     started(server, state)
     async with server:
         await stop.wait()
+        # Stopping: drop the connections still open (hung streams, idle keep-alive ones).
+        for connection in list(state.connections):
+            connection.closed_by_us = True
+            connection.transport.abort()
+        await asyncio.sleep(0)
 
 
 def raise_nofile_limit() -> int:

@@ -10,6 +10,7 @@ import time
 
 import pytest
 
+
 from bench.upstream import Upstream, UpstreamProcess
 
 
@@ -48,6 +49,22 @@ def sse_events(response: http.client.HTTPResponse) -> list[tuple[float, str]]:
 def upstream():
     with Upstream(delay=0.5, events=5).running() as up:
         yield up
+
+
+@pytest.fixture(autouse=True)
+def _close_clients(monkeypatch):
+    """Close every http.client connection a test opened (no ResourceWarning left behind)."""
+    opened = []
+    original = http.client.HTTPConnection.__init__
+
+    def init(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        opened.append(self)
+
+    monkeypatch.setattr(http.client.HTTPConnection, "__init__", init)
+    yield
+    for conn in opened:
+        conn.close()
 
 
 def test_completion_has_openai_shape_and_usage(upstream):
