@@ -220,6 +220,10 @@ def markdown(results: dict, path: Path) -> None:
       "Python client) and the trace sink run on the same cores as the router, so they take CPU from it too.")
     w("")
     out.extend(report_scenarios.targets_section(results, tp))
+    # Why the router runs gevent workers, and what cooperates how: prose kept in one file.
+    worker_model = Path(__file__).with_name("worker-model.md").read_text(encoding="utf-8")
+    out.extend(line for line in worker_model.splitlines() if not line.startswith("<!--"))
+    w("")
     if tp:
         w("## Throughput by telemetry level")
         w("")

@@ -15,7 +15,7 @@ pytestmark = pytest.mark.live
 
 CONFIGS = ["off", "metrics", "metrics+logs", "full", "full-sampled-10%", "full-collector-down"]
 SECTIONS = [
-    "# Performance", "## How to reproduce", "## Machine", "## Throughput by telemetry level",
+    "# Performance", "## How to reproduce", "## Machine", "## The worker model: why gevent", "## Throughput by telemetry level",
     "## Router overhead (open loop)", "## /metrics scrape time against label sets and workers",
     "### Does a scrape block request serving?", "## Memory (RSS per worker)", "## Observations from this run",
     "## Targets (issue 11)", "## Scenarios: the router in front of a fake upstream",
