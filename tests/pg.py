@@ -71,7 +71,8 @@ def free_port() -> int:
 class Cluster:
     """One initdb'd cluster in a temporary folder (see the module's docstring)."""
 
-    def __init__(self, bindir: Path, folder: Path, user: str | None) -> None:
+    def __init__(self, bindir: Path, folder: Path, user: str | None, durable: bool = False) -> None:
+        self.durable = durable
         self.bindir = bindir
         self.folder = folder
         self.data = folder / "data"
@@ -83,7 +84,9 @@ class Cluster:
         self._role_made = False
 
     @classmethod
-    def create(cls) -> "Cluster":
+    def create(cls, durable: bool = False) -> "Cluster":
+        """initdb a new cluster; ``durable`` keeps PostgreSQL's defaults (fsync on), for
+        measurements, where the tests' clusters skip fsync."""
         bindir = find_bindir()
         user = None
         if os.geteuid() == 0:
@@ -97,7 +100,7 @@ class Cluster:
             else:
                 raise Unavailable("running as root and no `postgres` or `nobody` user to run the server as")
         folder = Path(tempfile.mkdtemp(prefix="llm-router-pg-"))
-        cluster = cls(bindir, folder, user)
+        cluster = cls(bindir, folder, user, durable)
         try:
             if user is not None:
                 info = pwd.getpwnam(user)
@@ -125,10 +128,11 @@ class Cluster:
         self._run([str(self.bindir / "initdb"), "-D", str(self.data), "-U", "postgres", "--auth-local=trust",
                    "--auth-host=scram-sha-256", "-E", "UTF8", "--locale=C", "--no-instructions"], timeout=120)
         # Throw-away: no fsync (tests only; the figures in docs/state-store.md are measured
-        # with the defaults). Small, and quiet about what the tests do on purpose.
+        # with the defaults). Quiet about what the tests do on purpose.
         with (self.data / "postgresql.conf").open("a") as conf:
-            conf.write("\n# tests/pg.py\nfsync = off\nfull_page_writes = off\nshared_buffers = 32MB\n"
-                       "max_connections = 100\nlog_min_messages = warning\nlog_connections = off\n")
+            conf.write("\n# tests/pg.py\nlog_min_messages = warning\nmax_connections = 100\n")
+            if not self.durable:
+                conf.write("fsync = off\nfull_page_writes = off\nshared_buffers = 32MB\n")
 
     # --- server ------------------------------------------------------------------------
 
