@@ -200,6 +200,9 @@ class PostgresStore(Store):
 
     def _migrate(self, conn: psycopg.Connection) -> None:
         with conn.transaction():
+            # A migration (or waiting for another replica's) may take longer than the
+            # statement timeout meant for the hot path.
+            conn.execute("SET LOCAL statement_timeout = 0")
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (MIGRATION_LOCK,))
             conn.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version integer PRIMARY KEY, "
                          "applied_at timestamptz NOT NULL DEFAULT now())")
