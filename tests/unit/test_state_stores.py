@@ -297,14 +297,20 @@ def test_every_operation_is_observed(backend):
 
 # --- schema --------------------------------------------------------------------------------
 
-def test_schema_is_created_on_an_empty_database(backend):
+def test_schema_is_created_on_an_empty_database(backend, caplog):
+    caplog.set_level("INFO")
     store = backend.open()
     assert store.spend_totals() == {}
     if backend.kind == "sqlite":
         version = sqlite3.connect(backend.directory / SQLITE_FILE).execute("PRAGMA user_version").fetchone()[0]
         assert version == SQLITE_SCHEMA_VERSION
     else:
-        assert store.schema_version() == state_pg.SCHEMA_VERSION
+        version = store.schema_version()
+        assert version == state_pg.SCHEMA_VERSION
+    backend.open().spend_totals()  # another process finds it done
+    migrated = [(r.store, r.from_version, r.to_version) for r in caplog.records
+                if getattr(r, "event", "") == "state_schema_migrated"]
+    assert migrated == [(backend.kind, 0, version)]
 
 
 def test_sqlite_migrates_an_older_file(tmp_path):

@@ -215,10 +215,9 @@ class PostgresStore(Store):
                 _log.info("state store schema migrated from version %d to %d", version, latest,
                           extra={"event": "state_schema_migrated", "store": self.kind, "from_version": version,
                                  "to_version": latest})
-            elif version > latest:
-                _log.warning("state store schema is at version %d, newer than this router's %d; carrying on "
-                             "(migrations only add)", version, latest,
-                             extra={"event": "state_schema_newer", "store": self.kind, "version": version})
+            elif version > latest:  # a rolling upgrade under way: migrations only add
+                _log.warning("state store schema is at version %d, newer than this router's %d; carrying on",
+                             version, latest)
 
     def _database(self) -> tuple[psycopg.Connection, bool]:
         """The connection, and whether it was opened just now."""
