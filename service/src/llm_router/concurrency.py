@@ -64,7 +64,14 @@ class NativeThread:
         pool = self._executor()
         if isinstance(pool, ThreadPoolExecutor):
             return pool.submit(fn, *args, **kwargs).result()
-        return pool.apply(fn, args, kwargs)
+        # An exception goes back to the caller as a value: raised inside gevent's pool, the
+        # hub would also print its traceback on stderr - one per failed call, where a store
+        # that is down must log once per change of state (ledger.py).
+        ok, value = pool.apply(_captured, (fn, args, kwargs))
+        if ok:
+            return value
+        raise value
+
 
     def close(self) -> None:
         pool, self._pool = self._pool, None
@@ -74,6 +81,13 @@ class NativeThread:
             pool.shutdown(wait=True)
         else:
             pool.kill()
+
+
+def _captured(fn, args, kwargs) -> tuple[bool, object]:
+    try:
+        return True, fn(*args, **kwargs)
+    except Exception as error:  # noqa: BLE001 (re-raised by the caller)
+        return False, error
 
 
 class ClientGone(BaseException):

@@ -325,6 +325,10 @@ class SQLiteStore(Store):
             db.execute("ROLLBACK")
             raise
         db.execute("COMMIT")
+        if version < SQLITE_SCHEMA_VERSION:  # the same line as state_pg's
+            _log.info("state store schema migrated from version %d to %d", version, SQLITE_SCHEMA_VERSION,
+                      extra={"event": "state_schema_migrated", "store": "sqlite", "from_version": version,
+                             "to_version": SQLITE_SCHEMA_VERSION})
 
     def _same_file(self) -> bool:
         try:
