@@ -31,6 +31,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from conftest import as_tenant
 from docker_support import REPO, ROUTER_IMAGE, env_file_values, stack_images, unavailable_reason
 
 # The repository's compose v2 plugin (`make tools`), unless the user's Docker has one.
@@ -146,7 +147,7 @@ def send_chat(request_id: str) -> requests.Response:
     response = requests.post(
         local("ROUTER_PORT", "/v1/chat/completions"),
         json={"model": "auto", "messages": [{"role": "user", "content": "integration"}]},
-        headers={"X-Tenant-ID": "search", "X-Request-ID": request_id, "Cache-Control": "no-cache"},
+        headers={**as_tenant("search"), "X-Request-ID": request_id, "Cache-Control": "no-cache"},
         timeout=30,
     )
     assert response.status_code == 200, response.text

@@ -14,6 +14,7 @@ import uuid
 import pytest
 import requests
 
+from conftest import as_tenant
 from docker_support import REQUIRED, ROUTER_IMAGE, unavailable_reason
 
 _reason = unavailable_reason(ROUTER_IMAGE)
@@ -69,7 +70,7 @@ def chat(router):
     response = requests.post(
         url(router, "/v1/chat/completions"),
         json={"model": "auto", "messages": [{"role": "user", "content": "Hello from the integration tests"}]},
-        headers={"X-Tenant-ID": "search", "X-Request-ID": request_id},
+        headers={**as_tenant("search"), "X-Request-ID": request_id},
         timeout=30,
     )
     return response, request_id
