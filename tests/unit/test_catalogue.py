@@ -285,10 +285,13 @@ def drive_ledger(client, app, monkeypatch) -> None:
     store = ledger.store
     ledger.drain()
 
-    def failing(charges):
+    def failing(*args):
         raise StoreError("catalogue: the disk is full")
 
     monkeypatch.setattr(store, "apply", failing)
+    monkeypatch.setattr(store, "rate_response", failing)
+    unrated = client.post("/v1/feedback", json={"request_id": "catalogue-none", "thumbs": "up"})
+    assert unrated.status_code == 503 and unrated.get_json()["error"]["code"] == "state_store_unavailable"
     assert client.post("/v1/chat/completions", json=chat_body(content="catalogue: waits"),
                        headers={"Cache-Control": "no-cache"}).status_code == 200
     ledger.tick()

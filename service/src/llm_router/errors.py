@@ -8,6 +8,7 @@ from flask import Flask, jsonify
 from opentelemetry import trace
 from werkzeug.exceptions import HTTPException
 
+from .state import StoreError
 from .telemetry.logs import EVENT_LOGGER
 
 
@@ -59,6 +60,15 @@ def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(APIError)
     def _api_error(error: APIError):
         return error.response()
+
+    @app.errorhandler(StoreError)
+    def _store_error(error: StoreError):
+        # Feedback and the fault API read and write the state store directly: while it is
+        # down they cannot answer (charges are safe: they wait in the journals).
+        logging.getLogger(EVENT_LOGGER).warning("state store unavailable: %s", error,
+                                                extra={"event": "state_store_unavailable", "error": str(error)})
+        return APIError(503, "The router's state store is unavailable; retry shortly.", type="server_error",
+                        code="state_store_unavailable", headers={"Retry-After": "5"}).response()
 
     @app.errorhandler(HTTPException)
     def _http_error(error: HTTPException):
