@@ -573,7 +573,7 @@ class Rules:
 
     def postgres_alerts(self) -> dict:
         """The routers' shared PostgreSQL, from postgres_exporter's own metric names (checked
-        against a real exporter scraping a real cluster: tests/config/test_postgres_exporter.py)."""
+        against a real exporter scraping a real cluster: tests/live/test_postgres_exporter.py)."""
         t, pg = self.t, self.sel["postgres"]
         return {"groups": [{"name": "postgres.alerts", "rules": [
             self.alert(
