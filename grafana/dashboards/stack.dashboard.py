@@ -233,6 +233,7 @@ dashboard = dashboard("stack", "The stack that stores and shows the router's sig
                     f"{PG_NOTE}"),
     timeseries("Database size", [prom(f"max by (datname) (pg_database_size_bytes{PG_DB})", "{{datname}}")],
                unit="bytes", w=12,
-               description="Disk space of each database. The router's grows with the answers kept for feedback "
-                           f"(feedback.retention_hours) and the month's ledger. {PG_NOTE}"),
+               description="Disk space of each database. The router's holds the ledger of charged requests for "
+                           "feedback.retention_hours (older rows are pruned) and each tenant's monthly spend. "
+                           f"{PG_NOTE}"),
 ])
