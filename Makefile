@@ -57,7 +57,7 @@ lint: venv tools compose-config ## Check configs and rules with the real tools: 
 	$(PY) prometheus/generate.py --check
 	$(PY) grafana/dashboards/generate.py --check
 	$(PY) deploy/kubernetes/generate.py --check
-	$(TOOLS)/promtool check config --lint=all --lint-fatal prometheus/prometheus.yml
+	$(TOOLS)/promtool check config --lint=all --lint-fatal prometheus/prometheus.yml prometheus/examples/*.yml
 	$(TOOLS)/promtool check rules --lint=all --lint-fatal prometheus/rules/*.yml
 	cd prometheus/tests && ../../$(TOOLS)/promtool test rules *.test.yml
 	$(TOOLS)/amtool check-config alertmanager/alertmanager.yml alertmanager/examples/*.yml

@@ -343,7 +343,94 @@ class Rules:
                 "tenants",
             ),
         ]
-        return {"groups": [{"name": "llm-router.alerts", "rules": rules}]}
+        return {"groups": [{"name": "llm-router.alerts", "rules": rules},
+                           {"name": "llm-router.state-alerts", "rules": self.state_alerts()}]}
+
+    # --- the state store and the charge journals -------------------------------------------
+
+    def state_alerts(self) -> list[dict]:
+        """The router's state store (SQLite or PostgreSQL, whichever `state.url` selects) and the
+        per-process journals where charges wait while the store fails (service/src/llm_router/
+        ledger.py): every series is per router instance, summed or reduced over its processes."""
+        t, r = self.t, self.router()
+        ops = "llm_router_state_operation_duration_seconds"
+        recovered = f"llm_router_ledger_recovered_charges_total{r}"
+        window = t["recovered_charges_window"]
+        return [
+            self.alert(
+                "StateStoreDown",
+                # livemin over the instance's processes: 0 while any of them fails to store.
+                f"min by (job, instance) (llm_router_state_store_up{r}) == 0",
+                t["state_store_down_for"], "critical",
+                "The router's state store refuses writes on {{ $labels.instance }}",
+                "Every state-store operation of a process of {{ $labels.job }} at {{ $labels.instance }} has failed "
+                f"for {t['state_store_down_for']} (unwritable or full SQLite file, PostgreSQL down or refusing): "
+                "charges wait in the processes' journals and budgets see no other replica's spend. Nothing is lost "
+                "until a journal is full; then chat requests get 503.",
+                "stack",
+            ),
+            self.alert(
+                "StateStoreErrors",
+                f"sum by (job, instance, operation) (rate(llm_router_state_errors_total{r}[5m]))\n/\n"
+                f"sum by (job, instance, operation) (rate({ops}_count{r}[5m]))\n> {_ratio(t['state_store_error_ratio'])}",
+                t["state_store_errors_for"], "warning",
+                "State-store operation {{ $labels.operation }} fails on {{ $labels.instance }}",
+                "{{ $value | humanizePercentage }} of the {{ $labels.operation }} operations of {{ $labels.job }} at "
+                "{{ $labels.instance }} failed over 5 minutes (threshold "
+                f"{t['state_store_error_ratio']:.0%}): the store fails now and then (locked, a dropped connection); "
+                "the journals retry, but spend and faults reach the other processes late.",
+                "stack",
+            ),
+            self.alert(
+                "StateStoreSlow",
+                f"histogram_quantile(0.99, sum by (job, instance, operation, le) (rate({ops}_bucket{r}[5m])))\n"
+                f"> {_ratio(t['state_store_p99_seconds'])}",
+                t["state_store_slow_for"], "warning",
+                "State-store operation {{ $labels.operation }} is slow on {{ $labels.instance }}",
+                "The 99th percentile of {{ $labels.operation }} on {{ $labels.job }} at {{ $labels.instance }} is "
+                f"{{{{ $value | humanizeDuration }}}} (threshold {t['state_store_p99_seconds']:g}s): charges are "
+                "stored every 50 ms per process, so they wait longer in the journals and budgets lag.",
+                "stack",
+            ),
+            self.alert(
+                "LedgerJournalFilling",
+                f"sum by (job, instance) (llm_router_ledger_journal_slots_in_use{r})\n/\n"
+                f"sum by (job, instance) (llm_router_ledger_journal_slots{r})\n> {_ratio(t['journal_fill_ratio'])}",
+                t["journal_fill_for"], "critical",
+                "The charge journals of {{ $labels.instance }} are filling up",
+                "{{ $value | humanizePercentage }} of the journal slots of {{ $labels.job }} at {{ $labels.instance }} "
+                "are taken (requests in flight plus charges the store has not taken): when a process's journal is "
+                "full its chat requests get 503 (state_store_unavailable).",
+                "stack",
+            ),
+            self.alert(
+                "LedgerJournalFull",
+                f"sum by (job, instance) (increase(llm_router_ledger_full_total{r}[5m])) > 0",
+                None, "critical",
+                "The router refuses chat requests: its charge journal is full",
+                "{{ $labels.job }} at {{ $labels.instance }} answered about {{ $value | printf \"%.0f\" }} chat "
+                "requests with 503 (state_store_unavailable) in 5 minutes because a journal had no free slot: a "
+                "request that could not be charged is not served.",
+                "stack",
+            ),
+            self.alert(
+                "LedgerChargesRecovered",
+                # The counter's series appear with the first recovery of a router's life (they are
+                # not created up front), which increase() cannot see: a series that is new within
+                # the window counts with its whole value - if the instance was scraped before the
+                # window (a Prometheus that just started has no past to compare with).
+                f"sum by (job, instance) (increase({recovered}[{window}])) > 0\nor\n"
+                f"(\n  sum by (job, instance) ({recovered} unless {recovered} offset {window}) > 0\n"
+                f"  and on (job, instance)\n  up{r} offset {window}\n)",
+                None, "warning",
+                "Processes of {{ $labels.instance }} were killed without stopping (SIGKILL, OOM kill)",
+                f"About {{{{ $value | printf \"%.0f\" }}}} charges of router processes that died without a graceful stop were "
+                f"replayed from their journals on {{{{ $labels.job }}}} at {{{{ $labels.instance }}}} in the last {window}. "
+                "Nothing was lost, but a process is being killed hard: out of memory, a kill -9, or a stop that "
+                "outlasts its grace period.",
+                "stack",
+            ),
+        ]
 
     # --- business and quality signals ---------------------------------------------------------
 
@@ -481,6 +568,46 @@ class Rules:
             {"name": "llm-router.usage", "rules": self.usage()},
             {"name": "llm-router.quality-alerts", "rules": self.quality_alerts()},
         ]}
+
+    # --- PostgreSQL (postgres_exporter) ---------------------------------------------------
+
+    def postgres_alerts(self) -> dict:
+        """The routers' shared PostgreSQL, from postgres_exporter's own metric names (checked
+        against a real exporter scraping a real cluster: tests/live/test_postgres_exporter.py)."""
+        t, pg = self.t, self.sel["postgres"]
+        return {"groups": [{"name": "postgres.alerts", "rules": [
+            self.alert(
+                "PostgresDown", f"pg_up{{{pg}}} == 0", t["postgres_down_for"], "critical",
+                "PostgreSQL is down",
+                "postgres_exporter at {{ $labels.instance }} cannot reach PostgreSQL: the router replicas that share "
+                "their state there cannot store charges (they wait in the journals), see each other's spend or "
+                "injected faults, or find answers for feedback.",
+                "stack",
+            ),
+            self.alert(
+                "PostgresTooManyConnections",
+                f"sum by (job, instance) (pg_stat_database_numbackends{{{pg}}})\n/\n"
+                f"max by (job, instance) (pg_settings_max_connections{{{pg}}} - "
+                f"pg_settings_superuser_reserved_connections{{{pg}}})\n> {_ratio(t['postgres_connections_ratio'])}",
+                t["postgres_connections_for"], "warning",
+                "PostgreSQL is running out of connections",
+                "{{ $value | humanizePercentage }} of the connections PostgreSQL allows (max_connections less the "
+                "superuser reserve) are in use at {{ $labels.instance }}: new router processes (each holds a pool) "
+                "will be refused and their store operations fail.",
+                "stack",
+            ),
+            self.alert(
+                "PostgresLongTransaction",
+                f'max by (job, instance, datname) (pg_stat_activity_max_tx_duration{{{pg}, '
+                f'state=~"active|idle in transaction"}})\n> {_ratio(t["postgres_transaction_seconds"])}',
+                t["postgres_transaction_for"], "warning",
+                "A transaction in {{ $labels.datname }} has been open for {{ $value | humanizeDuration }}",
+                "A transaction in database {{ $labels.datname }} at {{ $labels.instance }} has been running or idle "
+                f"in transaction for over {t['postgres_transaction_seconds']:g}s: it holds its locks (the router's "
+                "charge batches may wait behind them) and keeps vacuum from cleaning up.",
+                "stack",
+            ),
+        ]}]}
 
     # --- the stack's alerts -------------------------------------------------------------
 
@@ -630,6 +757,7 @@ def render(config_path: Path = CONFIG) -> dict[str, str]:
         "router-alerts.yml": rules.router_alerts(),
         "router-business.yml": rules.business(),
         "stack-alerts.yml": rules.stack_alerts(),
+        "postgres-alerts.yml": rules.postgres_alerts(),
     }
     files = {name: keep_with_job(content, config.get("keep_with_job", [])) for name, content in files.items()}
     return {
