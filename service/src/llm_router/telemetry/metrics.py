@@ -284,3 +284,6 @@ def initialise(
         child(STATE_ERRORS, operation)
         child(STATE_OPERATION_DURATION, operation)
     STATE_UP.set(1)
+    # So a process's first recovered charge shows in rate() and on the panel (from 0, not from nothing).
+    for slot in ("open", "final"):
+        child(LEDGER_RECOVERED, slot)
