@@ -134,11 +134,12 @@ class Journal:
     def set_output(self, index: int, output_tokens: int) -> None:
         _U32.pack_into(self.map, self._offset(index) + _OUTPUT, output_tokens)  # aligned: one store
 
-    def finish(self, index: int, code: int, input_tokens: int, output_tokens: int) -> None:
-        """An open slot's final figures, then its final state."""
+    def finish(self, index: int, code: int, created: float, input_tokens: int, output_tokens: int) -> None:
+        """An open slot's final figures and time (a replay then charges the month it
+        finished in, as the live drain does), then its final state."""
         offset = self._offset(index)
         struct.pack_into("<H", self.map, offset + 2, code)
-        struct.pack_into("<II", self.map, offset + 24, input_tokens, output_tokens)
+        struct.pack_into("<dII", self.map, offset + 16, created, input_tokens, output_tokens)
         self.map[offset] = FINAL
 
     def counted(self, index: int) -> None:
@@ -257,7 +258,7 @@ class Ledger:
         """The request's final charge (cost 0 for a cache hit: an answer, so rateable)."""
         created = self.clock()
         if entry.state == OPEN:
-            self.journal.finish(entry.index, code, input_tokens, output_tokens)
+            self.journal.finish(entry.index, code, created, input_tokens, output_tokens)
         else:
             entry.seq = self.journal.write(entry.index, FINAL, code, created, input_tokens, output_tokens, price_in,
                                            price_out, tenant, model, request_id)
