@@ -4,11 +4,15 @@ process would have. Each case was found by the chaos suite or the ledger state m
 
 from __future__ import annotations
 
+import logging
 import os
 from datetime import datetime, timezone
 
+from conftest import as_tenant, chat_body
+
 from llm_router.ledger import Ledger, read_journal
 from llm_router.state import SQLiteStore
+from llm_router.telemetry import logs
 
 
 def _crash(ledger: Ledger) -> None:
@@ -40,3 +44,39 @@ def test_a_stream_finished_in_a_new_month_is_charged_to_that_month_after_a_crash
     assert store.spend_totals("2025-01") == {}
     survivor.close()
     store.close()
+
+
+def test_a_charge_is_marked_counted_before_the_access_line_is_written(make_app):
+    """Found by the chaos suite (SIGKILL one worker): a worker blocked writing its access
+    line to a full stdout pipe had counted the charge in its metrics but not yet marked it
+    so in its journal; killed there, its charge was counted again by the replay (the
+    metrics said more than the store). The mark now comes right after the counters."""
+    app = make_app()
+    ledger = app.extensions["llm_router"].ledger
+    ledger._stop.set()  # no drain meanwhile: the slot stays in the journal to be read
+    if ledger._thread is not None:
+        ledger._thread.join(5)
+    seen: dict[str, bool] = {}
+
+    class AtTheAccessLine(logging.Handler):
+        def emit(self, record):
+            request_id = logs.request_id_var.get()
+            entries = read_journal(ledger.journal.path.read_bytes())[1]
+            for entry in entries:
+                if entry.charge.request_id == request_id:
+                    seen[request_id] = entry.counted
+
+    handler = AtTheAccessLine()
+    access = logging.getLogger(logs.ACCESS_LOGGER)
+    access.addHandler(handler)
+    try:
+        client = app.test_client()
+        headers = {**as_tenant("search"), "Cache-Control": "no-cache"}
+        assert client.post("/v1/chat/completions", json=chat_body("sim-fast"),
+                           headers={**headers, "X-Request-ID": "plain-1"}).status_code == 200
+        response = client.post("/v1/chat/completions", json=chat_body("sim-fast", stream=True),
+                               headers={**headers, "X-Request-ID": "stream-1"})
+        assert b"[DONE]" in response.data
+    finally:
+        access.removeHandler(handler)
+    assert seen == {"plain-1": True, "stream-1": True}
