@@ -60,11 +60,18 @@ class NativeThread:
         return self._pool
 
     def call(self, fn: Callable[..., T], *args, **kwargs) -> T:
-        """Run ``fn`` on the thread; the caller (thread or greenlet) waits for its result."""
+        """Run ``fn`` on the thread; the caller (thread or greenlet) waits for its result,
+        or gets its exception."""
         pool = self._executor()
         if isinstance(pool, ThreadPoolExecutor):
             return pool.submit(fn, *args, **kwargs).result()
-        return pool.apply(fn, args, kwargs)
+        # gevent's pool prints a traceback for every task that raises: a failing store
+        # would print one per attempt. The exception comes back as a value instead, and is
+        # raised here, where the caller handles it (and logs once per change of state).
+        ok, value = pool.apply(_outcome, (fn, args, kwargs))
+        if ok:
+            return value
+        raise value
 
     def close(self) -> None:
         pool, self._pool = self._pool, None
@@ -74,6 +81,13 @@ class NativeThread:
             pool.shutdown(wait=True)
         else:
             pool.kill()
+
+
+def _outcome(fn, args, kwargs) -> tuple[bool, object]:
+    try:
+        return True, fn(*args, **kwargs)
+    except Exception as error:  # noqa: BLE001 (re-raised by NativeThread.call)
+        return False, error
 
 
 class ClientGone(BaseException):
