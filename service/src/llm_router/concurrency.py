@@ -182,7 +182,7 @@ class ClientWatch:
         if greenlet is not None and not greenlet.dead:
             import gevent
 
-            gevent.kill(greenlet, exception, block=False)
+            gevent.kill(greenlet, exception)  # asynchronous: raised where it waits
 
 
 # Requests being served by this process (any route), for a stopping gevent worker: it waits
