@@ -80,3 +80,41 @@ def test_a_charge_is_marked_counted_before_the_access_line_is_written(make_app):
     finally:
         access.removeHandler(handler)
     assert seen == {"plain-1": True, "stream-1": True}
+
+
+def test_a_journal_being_made_is_never_visible_unlocked(tmp_path, monkeypatch):
+    """A worker making its journal (create, then lock) while another sweeps at boot: a
+    sweep that found the new file between the two took it for a dead process's empty
+    journal, moved it aside as unreadable, and the new worker then failed to lock it (a
+    boot failure) or journaled into a file no replay reads. The journal is now made under
+    a name the sweep ignores and renamed once locked."""
+    import fcntl
+
+    from llm_router import ledger as ledger_module
+
+    real_flock = fcntl.flock
+    visible_when_locked: list[list[str]] = []
+
+    def flock(fd, operation):
+        visible_when_locked.append(sorted(p.name for p in (tmp_path / "journal").glob("journal-*.bin")))
+        return real_flock(fd, operation)
+
+    monkeypatch.setattr(ledger_module.fcntl, "flock", flock)
+    journal = ledger_module.Journal(tmp_path / "journal", 8)
+    assert visible_when_locked == [[]], "nothing a sweep reads exists before the lock is held"
+    assert journal.path.exists() and not journal.path.with_suffix(".new").exists()
+    journal.close(remove=True)
+
+
+def test_a_sweep_leaves_a_journal_being_made_and_removes_an_abandoned_one(tmp_path):
+    directory = tmp_path / "journal"
+    ledger = Ledger(SQLiteStore(tmp_path), tmp_path, slots=8)
+    ledger.start = lambda: None
+    fresh, old = directory / "journal-fresh.new", directory / "journal-old.new"
+    fresh.write_bytes(b"")
+    old.write_bytes(b"")
+    os.utime(old, (0, 0))
+    ledger.sweep()
+    assert fresh.exists() and not old.exists()
+    ledger.close()
+    ledger.store.close()

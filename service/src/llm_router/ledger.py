@@ -80,7 +80,8 @@ class Journal:
     Created with O_EXCL and O_NOFOLLOW in a private directory, preallocated (a write into
     a sparse file on a full disk would kill the process), and held under an exclusive
     flock for the process's life: the lock is how others tell a live journal from the
-    journal of a process that died.
+    journal of a process that died. It is made under a name the sweep does not read
+    (``.new``) and renamed once locked and stamped: a sweep never finds it unlocked.
     """
 
     def __init__(self, directory: Path, slots: int) -> None:
@@ -89,17 +90,19 @@ class Journal:
         self.path = self.directory / f"journal-{self.id}.bin"
         self.slots = slots
         size = HEADER_SIZE + slots * SLOT_SIZE
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        making = self.path.with_suffix(".new")
+        fd = os.open(making, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             os.posix_fallocate(fd, 0, size)
             self.map = mmap.mmap(fd, size)
+            _HEADER.pack_into(self.map, 0, MAGIC, 1, slots, bytes.fromhex(self.id))
+            os.rename(making, self.path)
         except BaseException:
             os.close(fd)
-            os.unlink(self.path)
+            os.unlink(making)
             raise
         self.fd = fd
-        _HEADER.pack_into(self.map, 0, MAGIC, 1, slots, bytes.fromhex(self.id))
         self._free = deque(range(slots))
         self._seq = 0
 
@@ -395,7 +398,28 @@ class Ledger:
             if path == self.journal.path:
                 continue
             recovered += self._replay(path)
+        for path in self.journal.directory.glob("journal-*.new"):
+            self._discard_unborn(path)
         return recovered
+
+    UNBORN_SECONDS = 60.0
+
+    def _discard_unborn(self, path: Path) -> None:
+        """A journal whose process died while making it (it holds no charge): removed once
+        it is old and unlocked - never one being made right now."""
+        try:
+            if time.time() - os.stat(path, follow_symlinks=False).st_mtime < self.UNBORN_SECONDS:
+                return
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.unlink(path)
+        except (BlockingIOError, FileNotFoundError):
+            pass
+        finally:
+            os.close(fd)
 
     def _replay(self, path: Path) -> int:
         try:
