@@ -32,7 +32,7 @@ import yaml
 from conftest import LiveRouter, REPO, as_tenant, config_dict, free_port, metric_sum, parse_metrics, quiet_models
 
 from llm_router.backends.base import estimate_tokens, message_text
-from llm_router.state import SQLITE_FILE, SQLiteStore, current_month
+from llm_router.state import SQLiteStore, current_month
 
 SIM_MODELS = ["sim-fast", "sim-mini", "sim-balanced", "sim-frontier", "sim-coder"]
 TENANTS = ["search", "support", "research", "internal-tools"]
@@ -512,7 +512,6 @@ def dead_process_counters(metrics_dir: Path) -> dict:
 # --- the reconciliation -------------------------------------------------------------------
 
 
-CENT = 0.01
 EXACT = 1e-9  # float sums in different orders; every figure is also compared to the cent
 
 
@@ -557,7 +556,9 @@ def reconcile(received: list[Received], stored: Stored, table: dict[str, tuple[f
         cost = got.cost(table)
         if got.outcome == "answered":
             result.answered += 1
-            assert charge is not None, f"{got.request_id}: answered but not charged (lost)"
+            if charge is None:
+                result.lost.append(got.request_id)  # answered, not charged
+                continue
             assert charge.code == 200 and charge.tenant == got.tenant and charge.model == got.model, (got, charge)
             if got.cache == "hit":
                 assert charge.cost_usd == 0 and charge.input_tokens == charge.output_tokens == 0, (got, charge)
@@ -570,7 +571,9 @@ def reconcile(received: list[Received], stored: Stored, table: dict[str, tuple[f
             if got.output_tokens == 0:
                 assert charge is None, f"{got.request_id}: nothing produced, yet charged {charge}"
                 continue
-            assert charge is not None, f"{got.request_id}: {got.output_tokens} tokens arrived but not charged"
+            if charge is None:
+                result.lost.append(got.request_id)  # tokens arrived, not charged
+                continue
             assert (charge.input_tokens, charge.output_tokens) == (got.input_tokens, got.output_tokens), (got, charge)
             assert charge.cost_usd == cost and charge.model == got.model, (got, charge, cost)
             assert charge.code != 200, (got, charge)
@@ -580,8 +583,10 @@ def reconcile(received: list[Received], stored: Stored, table: dict[str, tuple[f
         elif got.outcome == "broken":
             result.broken += 1
             if charge is None:
-                assert not got.output_tokens, f"{got.request_id}: tokens arrived but not charged"
-                result.not_charged_not_delivered.append(got.request_id)
+                if got.output_tokens:
+                    result.lost.append(got.request_id)  # tokens arrived, not charged
+                else:
+                    result.not_charged_not_delivered.append(got.request_id)
                 continue
             journal = charge.charge_id.split(":")[0]
             assert journal in killed_journals, (
@@ -606,6 +611,7 @@ def reconcile(received: list[Received], stored: Stored, table: dict[str, tuple[f
         else:
             raise AssertionError(f"{got.request_id}: unexpected outcome {got.outcome}")
         result.received_usd += cost
+    assert not result.lost, f"delivered but not charged (lost): {result.lost}"
     result.stored_usd = sum(c.cost_usd for c in stored.charges)
     # Totals: received (+ the listed undelivered remainder) == charges == spend == metrics.
     assert same_money(result.received_usd + undelivered_usd, result.stored_usd), \

@@ -12,8 +12,9 @@ import time
 import pytest
 import requests
 
-from chaoslib import (Client, Stored, Traffic, chaos_config, chaos_router, dead_process_counters,  # noqa: F401
-                      metric_tokens_match, prices, reconcile, record, report_cost, same_money, start_prometheus)
+from chaoslib import chaos_router  # noqa: F401 (a fixture)
+from chaoslib import (Stored, Traffic, chaos_config, dead_process_counters, metric_tokens_match, prices, reconcile,
+                      record, report_cost, same_money, start_prometheus)
 from conftest import as_tenant, free_port, metric_sum
 
 pytestmark = pytest.mark.live

@@ -5,13 +5,12 @@ from __future__ import annotations
 import resource
 import sqlite3
 import subprocess
-import sys
 import time
 
 import pytest
 
-from chaoslib import (Stored, Traffic, chaos_config, chaos_router, metric_tokens_match, note, prices,  # noqa: F401
-                      reconcile, record, rss_bytes)
+from chaoslib import chaos_router  # noqa: F401 (a fixture)
+from chaoslib import Stored, Traffic, chaos_config, metric_tokens_match, note, prices, reconcile, record, rss_bytes
 from conftest import LiveRouter, metric_sum
 
 from llm_router.state import SQLITE_FILE, SQLITE_SCHEMA_VERSION

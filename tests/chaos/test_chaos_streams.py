@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import sys
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from chaoslib import (Client, Stored, Traffic, chaos_config, chaos_router, dead_process_counters,  # noqa: F401
-                      metric_tokens_match, prices, reconcile, record, upstream_model)
+from chaoslib import chaos_router  # noqa: F401 (a fixture)
+from chaoslib import (Client, Stored, Traffic, chaos_config, dead_process_counters, metric_tokens_match, prices,
+                      reconcile, record, upstream_model)
 from conftest import REPO, metric_sum
 
 sys.path.insert(0, str(REPO))

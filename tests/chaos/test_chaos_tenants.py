@@ -12,8 +12,8 @@ import uuid
 import pytest
 import requests
 
-from chaoslib import (Client, Stored, Traffic, chaos_config, chaos_router, metric_tokens_match, prices,  # noqa: F401
-                      reconcile, record)
+from chaoslib import chaos_router  # noqa: F401 (a fixture)
+from chaoslib import Client, Stored, Traffic, chaos_config, metric_tokens_match, prices, reconcile, record
 from conftest import as_tenant, metric_sum
 
 pytestmark = pytest.mark.live
