@@ -69,6 +69,13 @@ ARGS ?=
 test: venv tools ## Run the whole test suite (creates .venv, installs the tools it needs); pytest options in ARGS="..."
 	$(PY) -m pytest $(ARGS)
 
+# The chaos suite alone (it also runs in `make test`): faults injected for real under load,
+# each followed by an exact reconciliation of dollars served against dollars stored
+# (docs/reliability.md). Figures in reports/chaos.json.
+.PHONY: chaos
+chaos: venv tools ## Run the chaos suite: SIGKILLs, state file faults, upstream faults, disconnects, stop order; pytest options in ARGS="..."
+	$(PY) -m pytest tests/chaos $(ARGS)
+
 # Needs Docker: starts an engine where none answers (as root, no systemd needed), builds the
 # router image offline (a debootstrap base, host-built wheels), then runs tests/integration.
 .PHONY: test-integration

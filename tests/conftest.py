@@ -283,3 +283,14 @@ def stuck_span_queue(queue_size: int = 2) -> Iterator:
     finally:
         release.set()
         provider.shutdown()
+
+
+def pytest_terminal_summary(terminalreporter) -> None:
+    """The chaos suite's figures (tests/chaos/chaoslib.py), when it ran: faults injected,
+    requests, dollars reconciled, anything lost (also in reports/chaos.json)."""
+    chaoslib = sys.modules.get("chaoslib")
+    if chaoslib is None or not chaoslib.FIGURES:
+        return
+    terminalreporter.section("chaos: faults injected and dollars reconciled")
+    for line in chaoslib.summary_lines():
+        terminalreporter.write_line(line)

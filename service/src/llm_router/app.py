@@ -281,9 +281,13 @@ def finish_request(record: RequestRecord, status: int, state: Services | None = 
     state = state or services()
     if record.chat:
         _account(state, record)
-    state.signals.request_finished(record, status)
-    if record.entry is not None and record.entry.state:
-        state.ledger.counted(record.entry)  # a replay of this journal will not count it again
+    entry = record.entry
+    if entry is not None and entry.state:
+        # Marked right after the counters move (before the access line): a replay of this
+        # journal will not count the charge again.
+        state.signals.request_finished(record, status, lambda: state.ledger.counted(entry))
+    else:
+        state.signals.request_finished(record, status)
 
 
 def _account(state: Services, record: RequestRecord) -> None:

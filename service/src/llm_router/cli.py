@@ -10,6 +10,7 @@ import sys
 from .config import ConfigError, load_config
 from .report import add_arguments as add_report_arguments
 from .report import run as run_report
+from .state import StoreError
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -54,13 +55,32 @@ def main(argv: list[str] | None = None) -> int:
 
         return run_doctor(args)
     try:
-        load_config()  # fail here, with the key named, rather than in every worker
+        config = load_config()  # fail here, with the key named, rather than in every worker
     except ConfigError as error:
+        print(error, file=sys.stderr)
+        return 1
+    try:
+        _check_state_file(config)  # a corrupt file: one line, not a worker boot loop
+    except StoreError as error:
         print(error, file=sys.stderr)
         return 1
     gunicorn = [sys.executable, "-m", "gunicorn", "-c", "python:llm_router.gunicorn_conf", *args.gunicorn_args]
     os.execv(sys.executable, gunicorn)
     return 0  # pragma: no cover - execv does not return
+
+
+def _check_state_file(config) -> None:
+    """The SQLite state file the workers will open, checked before gunicorn starts them
+    (PostgreSQL is checked by each worker as it connects)."""
+    from pathlib import Path
+
+    from .state import SQLITE_FILE, STATE_URL_ENV, check_sqlite_file, default_state_dir
+
+    url = (os.environ.get(STATE_URL_ENV) or config.state.url or "").strip()
+    if url.startswith("sqlite:///"):
+        check_sqlite_file(Path(url.removeprefix("sqlite:///")))
+    elif not url:
+        check_sqlite_file(default_state_dir() / SQLITE_FILE)
 
 
 def _alert_sink(gunicorn_args: list[str]) -> int:

@@ -60,7 +60,8 @@ class NativeThread:
         return self._pool
 
     def call(self, fn: Callable[..., T], *args, **kwargs) -> T:
-        """Run ``fn`` on the thread; the caller (thread or greenlet) waits for its result."""
+        """Run ``fn`` on the thread; the caller (thread or greenlet) waits for its result,
+        or gets its exception."""
         pool = self._executor()
         if isinstance(pool, ThreadPoolExecutor):
             return pool.submit(fn, *args, **kwargs).result()
@@ -182,7 +183,7 @@ class ClientWatch:
         if greenlet is not None and not greenlet.dead:
             import gevent
 
-            gevent.kill(greenlet, exception, block=False)
+            gevent.kill(greenlet, exception)  # asynchronous: raised where it waits
 
 
 # Requests being served by this process (any route), for a stopping gevent worker: it waits

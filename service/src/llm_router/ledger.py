@@ -81,7 +81,8 @@ class Journal:
     Created with O_EXCL and O_NOFOLLOW in a private directory, preallocated (a write into
     a sparse file on a full disk would kill the process), and held under an exclusive
     flock for the process's life: the lock is how others tell a live journal from the
-    journal of a process that died.
+    journal of a process that died. It is made under a name the sweep does not read
+    (``.new``) and renamed once locked and stamped: a sweep never finds it unlocked.
     """
 
     def __init__(self, directory: Path, slots: int) -> None:
@@ -90,17 +91,19 @@ class Journal:
         self.path = self.directory / f"journal-{self.id}.bin"
         self.slots = slots
         size = HEADER_SIZE + slots * SLOT_SIZE
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        making = self.path.with_suffix(".new")
+        fd = os.open(making, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             os.posix_fallocate(fd, 0, size)
             self.map = mmap.mmap(fd, size)
+            _HEADER.pack_into(self.map, 0, MAGIC, 1, slots, bytes.fromhex(self.id))
+            os.rename(making, self.path)
         except BaseException:
             os.close(fd)
-            os.unlink(self.path)
+            os.unlink(making)
             raise
         self.fd = fd
-        _HEADER.pack_into(self.map, 0, MAGIC, 1, slots, bytes.fromhex(self.id))
         self._free = deque(range(slots))
         self._seq = 0
 
@@ -135,11 +138,12 @@ class Journal:
     def set_output(self, index: int, output_tokens: int) -> None:
         _U32.pack_into(self.map, self._offset(index) + _OUTPUT, output_tokens)  # aligned: one store
 
-    def finish(self, index: int, code: int, input_tokens: int, output_tokens: int) -> None:
-        """An open slot's final figures, then its final state."""
+    def finish(self, index: int, code: int, created: float, input_tokens: int, output_tokens: int) -> None:
+        """An open slot's final figures and time (a replay then charges the month it
+        finished in, as the live drain does), then its final state."""
         offset = self._offset(index)
         struct.pack_into("<H", self.map, offset + 2, code)
-        struct.pack_into("<II", self.map, offset + 24, input_tokens, output_tokens)
+        struct.pack_into("<dII", self.map, offset + 16, created, input_tokens, output_tokens)
         self.map[offset] = FINAL
 
     def counted(self, index: int) -> None:
@@ -258,11 +262,11 @@ class Ledger:
     def finish(self, entry: Entry, tenant: str, model: str, request_id: str, code: int, input_tokens: int,
                output_tokens: int, price_in: float, price_out: float) -> None:
         """The request's final charge (cost 0 for a cache hit: an answer, so rateable)."""
-        created = entry.created if entry.state == OPEN else self.clock()  # as the journal has it
+        created = self.clock()  # a stream is charged in the month it finished (its slot says so too)
         cost = input_tokens / 1000 * price_in + output_tokens / 1000 * price_out
         with self._lock:
             if entry.state == OPEN:
-                self.journal.finish(entry.index, code, input_tokens, output_tokens)
+                self.journal.finish(entry.index, code, created, input_tokens, output_tokens)
             else:
                 entry.seq = self.journal.write(entry.index, FINAL, code, created, input_tokens, output_tokens, price_in,
                                                price_out, tenant, model, request_id)
@@ -397,7 +401,28 @@ class Ledger:
             if path == self.journal.path:
                 continue
             recovered += self._replay(path)
+        for path in self.journal.directory.glob("journal-*.new"):
+            self._discard_unborn(path)
         return recovered
+
+    UNBORN_SECONDS = 60.0
+
+    def _discard_unborn(self, path: Path) -> None:
+        """A journal whose process died while making it (it holds no charge): removed once
+        it is old and unlocked - never one being made right now."""
+        try:
+            if time.time() - os.stat(path, follow_symlinks=False).st_mtime < self.UNBORN_SECONDS:
+                return
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            os.unlink(path)
+        except (BlockingIOError, FileNotFoundError):
+            pass
+        finally:
+            os.close(fd)
 
     def _replay(self, path: Path) -> int:
         try:

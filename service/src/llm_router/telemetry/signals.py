@@ -128,9 +128,12 @@ class Signals:
         if self.metrics:
             m.HTTP_IN_FLIGHT.inc()
 
-    def request_finished(self, record: RequestRecord, status: int) -> None:
+    def request_finished(self, record: RequestRecord, status: int, counted=None) -> None:
         """Metrics, the access line and the server span of one request, after its response
-        (or after the last byte of a stream)."""
+        (or after the last byte of a stream). ``counted`` runs once the counters hold the
+        request, before anything that can block (the access line's write to stdout): the
+        ledger marks the charge counted there, so a SIGKILL during that write does not make
+        a replay count it again."""
         record.finished = True
         seconds = time.perf_counter() - record.started
         if self.metrics:
@@ -139,6 +142,8 @@ class Signals:
             m.child(m.HTTP_DURATION, record.route, record.method).observe(seconds, trace_exemplar(record))
             if record.chat:
                 self._chat_metrics(record, seconds)
+        if counted is not None:
+            counted()
         if self.logs:
             self._access_line(record, status, seconds)
         span = record.server_span
