@@ -9,6 +9,7 @@ import socket
 import sys
 import threading
 import time
+from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -261,3 +262,34 @@ def test_one_worker_serves_the_metrics_address_itself_with_exemplars(live_router
                       "llm_router_chat_requests_total") == 5
     assert any(line.startswith("llm_router_chat_request_duration_seconds_bucket") and '# {trace_id="' in line
                for line in text.splitlines())
+
+
+def test_a_stopped_router_leaves_no_directories_behind(tmp_path):
+    """`make run` (workers > 1, no PROMETHEUS_MULTIPROC_DIR given) makes a private metrics
+    directory under TMPDIR and a process-health directory (in /dev/shm); both go when it stops."""
+    import tempfile
+
+    from conftest import LiveRouter
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    shm = Path("/dev/shm") if os.access("/dev/shm", os.W_OK) else Path(tempfile.gettempdir())
+
+    def process_dirs() -> set[Path]:
+        return set(shm.glob("llm-router-process-*"))
+
+    before = process_dirs()
+    router = LiveRouter(tmp_path, 2, None, {"TMPDIR": str(scratch)})
+    router.env.pop("PROMETHEUS_MULTIPROC_DIR", None)
+    router.env.pop("LLM_ROUTER_PROCESS_DIR", None)
+    router.start()
+    try:
+        made = [path for path in scratch.iterdir() if path.name.startswith("llm-router-metrics-")]
+        assert len(made) == 1 and oct(made[0].stat().st_mode & 0o777) == "0o700", made
+        assert requests.post(f"{router.url}/v1/chat/completions", json=chat_body(), timeout=10).status_code == 200
+        ours = process_dirs() - before
+        assert ours and all(oct(path.stat().st_mode & 0o777) == "0o700" for path in ours), ours
+    finally:
+        router.stop()
+    assert not [path for path in scratch.iterdir() if path.name.startswith("llm-router-metrics-")]
+    assert not (ours & process_dirs()), "the process-health directory outlived the router"

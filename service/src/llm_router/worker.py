@@ -79,6 +79,11 @@ class RouterGeventWorker(GeventWorker):
             self._stop(servers)
         except Exception:  # noqa: BLE001 (the exit hooks must run whatever happens here)
             self.log.exception("error while stopping the worker")
+        finally:
+            # Whatever is left (idle keep-alive connections; requests, if ending them failed)
+            # goes before the exit hooks close the journal under them.
+            for server in servers:
+                server.stop(timeout=0.5)
 
     def _stop(self, servers) -> None:
         for server in servers:
@@ -97,5 +102,3 @@ class RouterGeventWorker(GeventWorker):
             ending_until = time.monotonic() + ENDING_SECONDS
             while concurrency.requests_in_progress() and time.monotonic() < ending_until:
                 gevent.sleep(0.02)
-        for server in servers:
-            server.stop(timeout=0.5)  # what is left: idle keep-alive connections
