@@ -104,10 +104,6 @@ def _strategy(state: Services) -> str:
     return value
 
 
-def _cost(model: ModelConfig, input_tokens: int, output_tokens: int) -> float:
-    return input_tokens / 1000 * model.price.input_per_1k + output_tokens / 1000 * model.price.output_per_1k
-
-
 def _bypass_cache() -> bool:
     directives = request.headers.get("Cache-Control", "").lower()
     return "no-cache" in directives or "no-store" in directives
@@ -153,9 +149,9 @@ def chat_completions():
             return _stream(state, record, chat, backend_request, watch)
         return _complete(state, record, body, backend_request)
     except ClientGone:
-        record.code = record_code = 499  # the client closed the connection (nginx's convention)
+        record.code = 499  # the client closed the connection (nginx's convention); nothing is sent
         record.error_type = "client_gone"
-        return Response(status=record_code)
+        return Response(status=499)
     except ServerStopping:
         record.error_type = "shutdown"
         raise APIError(503, "The router is restarting; retry.", type="server_error", code="server_shutting_down",

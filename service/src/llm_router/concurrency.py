@@ -126,7 +126,6 @@ class ClientWatch:
         self.sock = sock
         self.watcher = None
         self.greenlet = None
-        self.gone = False
 
     def __enter__(self) -> "ClientWatch":
         self.arm()
@@ -172,7 +171,6 @@ class ClientWatch:
         self.disarm()
         if data or greenlet is None or greenlet.dead:
             return
-        self.gone = True
         # From the hub, like gevent.Timeout: the exception surfaces where the request waits.
         greenlet.throw(ClientGone())
 
