@@ -17,6 +17,7 @@ cancelled.
 
 from __future__ import annotations
 
+import select
 from collections.abc import Iterator
 from urllib.parse import urlsplit
 
@@ -24,6 +25,7 @@ from ..concurrency import green
 
 CONNECT_TIMEOUT = 10.0
 READ_SIZE = 65536
+_POLL_READABLE = select.POLLIN | select.POLLPRI | select.POLLERR | select.POLLHUP
 
 
 class TransportError(Exception):
@@ -70,6 +72,11 @@ class GeventTransport:
             base_url, concurrency=pool_size, connection_timeout=min(CONNECT_TIMEOUT, timeout),
             network_timeout=timeout,
         )
+        # The pool checks an idle connection with select() before reusing it, and select()
+        # refuses descriptors above 1024 - which a worker holding a thousand calls (a client
+        # and an upstream socket each) reaches: every check failed, so every call opened a
+        # new connection. poll() has no such limit.
+        self.client._connection_pool._is_socket_alive = idle_connection_alive
 
     def request(self, method: str, path: str, body: bytes | None, headers: dict[str, str],
                 timeout: float | None = None) -> "GeventResponse":
@@ -89,6 +96,23 @@ class GeventTransport:
         finally:
             if deadline is not None:
                 deadline.close()
+
+
+def idle_connection_alive(sock) -> bool:
+    """An idle keep-alive connection can be reused when nothing is waiting on it: readable
+    means the server closed it (or sent something unasked). A zero-timeout poll() with the
+    standard library's own (unpatched) poll: it never blocks, and works for any descriptor."""
+    from gevent import monkey
+
+    try:
+        fileno = sock.fileno()
+        if fileno < 0:
+            return False
+        poller = monkey.get_original("select", "poll")()
+        poller.register(fileno, _POLL_READABLE)
+        return not poller.poll(0)
+    except (OSError, ValueError):
+        return False
 
 
 def _http_exceptions():
