@@ -204,13 +204,17 @@ def test_feedback_lands_on_any_worker(tmp_path):
 
     workers = [create_app(parse_config(_config()), telemetry=Telemetry(), state_dir=tmp_path / "shared")
                for _ in range(2)]
-    one, two = (worker.test_client() for worker in workers)
-    served = answered(one, SEARCH)
-    assert two.post(FEEDBACK, json={"response_id": served["response_id"], "thumbs": "down"},
-                    headers=SEARCH).status_code == 201
-    # Once given, on either worker, by either id.
-    again = one.post(FEEDBACK, json={"request_id": served["request_id"], "score": 1}, headers=SEARCH)
-    assert_openai_error(again, 409, "feedback_already_given")
+    try:
+        one, two = (worker.test_client() for worker in workers)
+        served = answered(one, SEARCH)
+        assert two.post(FEEDBACK, json={"response_id": served["response_id"], "thumbs": "down"},
+                        headers=SEARCH).status_code == 201
+        # Once given, on either worker, by either id.
+        again = one.post(FEEDBACK, json={"request_id": served["request_id"], "score": 1}, headers=SEARCH)
+        assert_openai_error(again, 409, "feedback_already_given")
+    finally:
+        for worker in workers:
+            worker.extensions["llm_router"].close()
 
 
 def test_duplicate_feedback_is_a_409_and_counted_once(client):

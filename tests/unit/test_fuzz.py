@@ -37,6 +37,11 @@ CHAT_FIELDS = (
 _STATE = tempfile.TemporaryDirectory(prefix="llm-router-fuzz-")
 APP = create_app(parse_config(quiet_models(config_dict())), telemetry=Telemetry(), state_dir=_STATE.name)
 
+
+def teardown_module() -> None:
+    """The module's app has a ledger loop and probes of its own: stop them with the module."""
+    APP.extensions["llm_router"].close()
+
 schema = schemathesis.openapi.from_wsgi(
     "/openapi.json",
     APP,

@@ -125,7 +125,7 @@ def create_app(
     ledger.on_crossing = budgets.crossed
     ledger.recover()  # what a process that died left in its journal: stored before this one serves
     # No static folder: the router serves no files, and its URL rule would be a route label.
-    app = Flask(__name__, static_folder=None)
+    app = RouterFlask(__name__, static_folder=None)
     app.json = OrjsonProvider(app)
     app.config["MAX_CONTENT_LENGTH"] = config.limits.max_body_bytes
     app.extensions["llm_router"] = Services(
@@ -178,6 +178,14 @@ def create_app(
     if config.health_probes.enabled:
         app.extensions["llm_router"].prober.start()
     return app
+
+
+class RouterFlask(Flask):
+    """Flask, minus a check per request and hook for coroutine views: the router has none
+    (gevent gives it concurrency), and `ensure_sync` is Flask's documented override point."""
+
+    def ensure_sync(self, func):
+        return func
 
 
 class OrjsonProvider(JSONProvider):

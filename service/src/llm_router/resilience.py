@@ -212,10 +212,13 @@ class SharedSlots:
 
     def __init__(self, semid: int, index: int) -> None:
         self.semid, self.index = semid, index
+        # The two operations, built once (they run twice per backend call).
+        self._take = ctypes.byref(_SemBuf(index, -1, _SEM_UNDO | _IPC_NOWAIT))
+        self._give = ctypes.byref(_SemBuf(index, 1, _SEM_UNDO))
 
     def _op(self, delta: int, nowait: bool) -> bool:
-        op = _SemBuf(self.index, delta, _SEM_UNDO | (_IPC_NOWAIT if nowait else 0))
-        if _libc().semop(self.semid, ctypes.byref(op), 1) == 0:
+        op = self._take if delta < 0 else self._give
+        if _libc().semop(self.semid, op, 1) == 0:
             return True
         number = ctypes.get_errno()
         if number == errno.EAGAIN:
