@@ -74,6 +74,11 @@ def throughput(args, work: Path, sink: TraceSink) -> dict:
             runs[name].append(result)
             log(f"round {rnd} {name:20s} {result['rps']:8.1f} req/s  {result['cpu_us_per_request']:6.0f} µs CPU/req  "
                 f"failed {result['failed']}  stop {result_stop:.2f}s")
+            if result["failed"]:
+                # A refused request (a wrong key, a bad body) costs the router next to nothing:
+                # the figures would measure the refusal, not the router.
+                raise RuntimeError(f"{name}: {result['failed']} of {result['requests']} requests failed "
+                                   "(bench/chat.lua's request no longer accepted?)")
     # Ratio to `off` within each round, then the median over rounds.
     for name in CONFIGS:
         for run, base in zip(runs[name], runs["off"]):
@@ -116,7 +121,7 @@ def scrapes(args, work: Path) -> dict:
             router = start_router(work, f"scrape-w{workers}-n{tenants}", config, env, workers=workers, threads=4)
             try:
                 rss_start = router.worker_rss_mib()
-                traffic = load.drive_label_sets(router.port, [t["id"] for t in config["tenants"]],
+                traffic = load.drive_label_sets(router.port, [t["api_keys"][0] for t in config["tenants"]],
                                                 [m["id"] for m in config["models"]], per_combo=max(2, workers))
                 # Where Prometheus scrapes (the metrics port), and, for comparison, the
                 # request port, whose /metrics a request worker renders.

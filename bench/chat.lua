@@ -3,7 +3,7 @@
 wrk.method = "POST"
 wrk.body = '{"model": "auto", "messages": [{"role": "user", "content": "Summarise the benchmark."}]}'
 wrk.headers["Content-Type"] = "application/json"
-wrk.headers["X-Tenant-ID"] = "search"
+wrk.headers["Authorization"] = "Bearer sk-demo-search"
 wrk.headers["Cache-Control"] = "no-cache"
 
 function done(summary, latency, requests)

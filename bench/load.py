@@ -123,8 +123,9 @@ def chat_body(model: str = "auto") -> bytes:
     return json.dumps({"model": model, "messages": [{"role": "user", "content": "Summarise the benchmark."}]}).encode()
 
 
-def chat_headers(tenant: str = "search") -> dict:
-    return {"Content-Type": "application/json", "X-Tenant-ID": tenant, "Cache-Control": "no-cache"}
+def chat_headers(api_key: str = "sk-demo-search") -> dict:
+    """A tenant's API key (the router refuses a keyed tenant named by X-Tenant-ID alone)."""
+    return {"Content-Type": "application/json", "Authorization": f"Bearer {api_key}", "Cache-Control": "no-cache"}
 
 
 def open_loop(port: int, rate: float, count: int, concurrency: int = 32) -> dict:
@@ -174,18 +175,23 @@ def closed_loop_latency(port: int, count: int) -> list[float]:
     return out
 
 
-def drive_label_sets(port: int, tenants: list[str], models: list[str], per_combo: int, concurrency: int = 8) -> dict:
-    """Traffic over every tenant x model combination (bounded: per_combo requests each)."""
+def drive_label_sets(port: int, api_keys: list[str], models: list[str], per_combo: int, concurrency: int = 8) -> dict:
+    """Traffic over every tenant x model combination (bounded: per_combo requests each), each
+    tenant by its API key. Refused requests would create none of the label sets measured:
+    they stop the run."""
     client = _Client(port)
-    jobs = [(t, m) for t in tenants for m in models for _ in range(per_combo)]
+    jobs = [(k, m) for k in api_keys for m in models for _ in range(per_combo)]
 
     def send(job) -> int:
-        tenant, model = job
-        return client.request("POST", CHAT_PATH, chat_body(model), chat_headers(tenant))[0]
+        key, model = job
+        return client.request("POST", CHAT_PATH, chat_body(model), chat_headers(key))[0]
 
     with ThreadPoolExecutor(concurrency) as pool:
         codes = list(pool.map(send, jobs))
-    return {"requests": len(jobs), "failed": sum(code != 200 for code in codes)}
+    failed = sum(code != 200 for code in codes)
+    if failed:
+        raise RuntimeError(f"{failed} of {len(jobs)} label-set requests failed (codes {sorted(set(codes))})")
+    return {"requests": len(jobs), "failed": failed}
 
 
 def scrape(port: int) -> tuple[float, bytes]:
