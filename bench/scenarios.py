@@ -230,10 +230,16 @@ class PeerTarget:
 # --- one cell ------------------------------------------------------------------------------
 
 
+IDLE_BEFORE_FIRST_REQUEST_S = 4.0
+
+
 def measure(target, cell: Cell, upstream: UpstreamProcess) -> dict:
     """One wrk run of `cell` against `target`, with the costs read around it."""
     model = target.model(cell.answer)
-    jitter_ms = int(cell.delay * 1000) if cell.clients > 1 else 0
+    # Spread the first requests over the answer time, but under the servers' keep-alive idle
+    # timeout (5 s for gunicorn here and for uvicorn): a connection left idle longer before its
+    # first request is closed by the server, and wrk counts the next read as an error.
+    jitter_ms = int(min(cell.delay, IDLE_BEFORE_FIRST_REQUEST_S) * 1000) if cell.clients > 1 else 0
     timeout_s = max(10, int(cell.delay * 4))
     mid: list[dict] = []
     timer = threading.Timer(cell.seconds / 2, lambda: mid.append(upstream.stats()))
