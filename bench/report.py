@@ -216,8 +216,9 @@ def markdown(results: dict, path: Path) -> None:
         w(f"| {package} | {version} |")
     w(f"| load average (1 min) at the end | {m['load1']:.2f} |")
     w("")
-    w("The machine is shared and noisy (other work ran during the measurement); the load client (wrk or the "
-      "Python client) and the trace sink run on the same cores as the router, so they take CPU from it too.")
+    w("The load client (wrk or the Python client) and the trace sink run on the same cores as the router, so "
+      "they take CPU from it too. What else ran on the machine: the note at the top, when the run was given one, "
+      "and for the scenarios their *other CPU* column.")
     w("")
     out.extend(report_scenarios.targets_section(results, tp))
     # Why the router runs gevent workers, and what cooperates how: prose kept in one file.
