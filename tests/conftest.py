@@ -100,6 +100,22 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def live_children(parent: int) -> list[int]:
+    """Pids whose parent is ``parent`` (zombies excluded), straight from /proc, sorted."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        if int(fields[1]) == parent and fields[0] not in (b"Z", b"X"):
+            found.append(int(entry))
+    return sorted(found)
+
+
 class LiveProcess:
     """A real process on 127.0.0.1 that is ready when ``ready_path`` answers 200."""
 

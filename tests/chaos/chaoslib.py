@@ -29,7 +29,8 @@ import pytest
 import requests
 import yaml
 
-from conftest import LiveRouter, REPO, as_tenant, config_dict, free_port, metric_sum, parse_metrics, quiet_models
+from conftest import LiveRouter, REPO, as_tenant, config_dict, free_port, live_children, metric_sum, parse_metrics, \
+    quiet_models
 
 from llm_router.backends.base import estimate_tokens, message_text
 from llm_router.state import SQLiteStore, current_month
@@ -125,7 +126,7 @@ class ChaosRouter(LiveRouter):
         """SIGKILL the master and every process it started, at once (an OOM kill of the
         container, a power-cycled VM minus the page cache)."""
         master = self.process.pid
-        victims = [master, *children(master)]
+        victims = [master, *live_children(master)]
         for pid in victims:
             os.kill(pid, signal.SIGKILL)
         self.process.wait(10)
@@ -138,7 +139,7 @@ class ChaosRouter(LiveRouter):
         found = {}
         if self.process is None:
             return found
-        for pid in children(self.process.pid):
+        for pid in live_children(self.process.pid):
             journal = journal_of(pid)
             if journal is not None:
                 found[pid] = journal
@@ -186,19 +187,6 @@ class ChaosRouter(LiveRouter):
             time.sleep(0.2)
 
 
-def children(parent: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                fields = f.read().rsplit(b")", 1)[1].split()
-        except (OSError, IndexError):
-            continue
-        if int(fields[1]) == parent and fields[0] not in (b"Z", b"X"):
-            found.append(int(entry))
-    return sorted(found)
 
 
 def journal_of(pid: int) -> str | None:

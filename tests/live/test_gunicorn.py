@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 import requests
 
-from conftest import chat_body, metric_sum, parse_metrics, as_tenant
+from conftest import chat_body, live_children, metric_sum, parse_metrics, as_tenant
 
 pytestmark = pytest.mark.live
 
@@ -68,20 +68,6 @@ def test_totals_survive_a_worker_restart(live_router):
     assert metric_sum(samples, "llm_router_http_requests_in_flight") == 1
 
 
-def live_children(parent: int) -> set[int]:
-    """Pids whose parent is ``parent`` (zombies excluded), straight from /proc."""
-    found = set()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                fields = f.read().rsplit(b")", 1)[1].split()
-        except (OSError, IndexError):
-            continue  # gone meanwhile
-        if int(fields[1]) == parent and fields[0] not in (b"Z", b"X"):
-            found.add(int(entry))
-    return found
 
 
 def process_series(samples: dict, name: str) -> dict[tuple[int, str], float]:
@@ -103,7 +89,7 @@ def wait_for_workers(router, master: int, count: int, gone: int | None = None) -
         samples = scrape(router)
         workers = {pid for pid, role in process_series(samples, "llm_router_process_resident_memory_bytes")
                    if role == "worker"}
-        if len(workers) == count and gone not in workers and workers == live_children(master):
+        if len(workers) == count and gone not in workers and workers == set(live_children(master)):
             return samples
         if time.monotonic() > deadline:
             return samples  # the caller's assertions say what is wrong
@@ -119,7 +105,7 @@ def test_process_health_of_the_master_and_every_worker(live_router):
         rss = process_series(samples, "llm_router_process_resident_memory_bytes")
         assert {pid for pid, role in rss if role == "master"} == {master}
         workers = {pid for pid, role in rss if role == "worker"}
-        assert workers == live_children(master) and len(workers) == 3
+        assert workers == set(live_children(master)) and len(workers) == 3
         assert {role for _, role in rss} == {"master", "worker"}, "no process may report itself as single"
         everyone = {(master, "master")} | {(pid, "worker") for pid in workers}
         for name in ("llm_router_process_resident_memory_bytes", "llm_router_process_cpu_seconds_total",

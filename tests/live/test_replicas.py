@@ -50,8 +50,8 @@ import nginx_lb
 import pg
 from llm_router import state_pg
 from llm_router.ledger import Ledger
-from conftest import LiveProcess, LiveRouter, SHIPPED_KEYS, chat_body, config_dict, free_port, metric_sum, \
-    parse_metrics, quiet_models
+from conftest import LiveProcess, LiveRouter, SHIPPED_KEYS, chat_body, config_dict, free_port, live_children, \
+    metric_sum, parse_metrics, quiet_models
 
 pytestmark = pytest.mark.live
 
@@ -455,18 +455,6 @@ def test_postgres_stopped_under_load_loses_nothing(deployment):
 
 # --- a replica killed ----------------------------------------------------------------------------
 
-def children(pid: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat", "rb") as f:
-                    fields = f.read().rsplit(b")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == pid:
-                found.append(int(entry))
-    return found
 
 
 def stream(deployment: Deployment, request_id: str, tenant: str, opened: threading.Barrier) -> dict:
@@ -511,7 +499,7 @@ def test_a_replica_killed_mid_stream_fails_cleanly_and_its_journal_is_replayed(d
                    for i in range(streams)]
         opened.wait(30)  # every stream has its first event: all in flight
         master = victim.process.pid
-        workers = children(master)
+        workers = live_children(master)
         assert len(workers) == 2
         for pid in [master, *workers]:
             os.kill(pid, signal.SIGKILL)
