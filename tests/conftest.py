@@ -140,19 +140,30 @@ class LiveProcess:
             raise
 
     def _start(self, timeout: float):
-        self.log = self.log_path.open("wb")
-        self.process = subprocess.Popen(self.command, env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
+        self.process = self._spawn()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"{self.name} exited early:\n{self.log_path.read_text()[-3000:]}")
             try:
-                if requests.get(f"{self.url}{self.ready_path}", timeout=2).status_code == 200:
+                if self._ready():
                     return self
             except requests.RequestException:  # not listening yet, or still booting
                 pass
             time.sleep(0.1)
         raise RuntimeError(f"{self.name} not ready in {timeout}s:\n{self.log_path.read_text()[-3000:]}")
+
+    def _spawn(self) -> subprocess.Popen:
+        """Start the process, its output going to the log file."""
+        self.log = self.log_path.open("wb")
+        return subprocess.Popen(self.command, env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
+
+    def _ready(self) -> bool:
+        return requests.get(f"{self.url}{self.ready_path}", timeout=2).status_code == 200
+
+    def _exited(self) -> None:
+        """After the process is gone: let go of its output."""
+        self.log.close()
 
     def stop(self, timeout: float = 30) -> float:
         """SIGTERM, wait; returns how long the graceful stop took."""
@@ -161,13 +172,14 @@ class LiveProcess:
         started = time.monotonic()
         self.process.terminate()
         try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+            return time.monotonic() - started
         finally:
-            self.log.close()
-        return time.monotonic() - started
+            self._exited()
 
     def logs(self) -> list[str]:
         return self.log_path.read_text().splitlines()

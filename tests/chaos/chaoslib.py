@@ -80,10 +80,10 @@ class ChaosRouter(LiveRouter):
         self.metrics_dir = Path(self.env["PROMETHEUS_MULTIPROC_DIR"]) if workers > 1 else None
         self._reader: threading.Thread | None = None
 
-    def _start(self, timeout: float):
-        self.process = subprocess.Popen(self.command, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    def _spawn(self) -> subprocess.Popen:
+        process = subprocess.Popen(self.command, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         sink = self.log_path.open("ab")
-        pipe = self.process.stdout
+        pipe = process.stdout
 
         def copy() -> None:
             with sink:
@@ -93,34 +93,16 @@ class ChaosRouter(LiveRouter):
 
         self._reader = threading.Thread(target=copy, daemon=True)
         self._reader.start()
-        self.log = sink  # LiveProcess.stop closes it; the copier owns it
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"router exited early:\n{self.log_path.read_text()[-3000:]}")
-            try:
-                if requests.get(f"{self.url}/readyz", timeout=2).status_code == 200 and len(self.workers()) == \
-                        int(self.env["LLM_ROUTER_WORKERS"]):
-                    return self
-            except requests.RequestException:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"router not ready in {timeout}s:\n{self.log_path.read_text()[-3000:]}")
+        return process
 
-    def stop(self, timeout: float = 30) -> float:
-        if self.process is None or self.process.poll() is not None:
-            return 0.0
-        started = time.monotonic()
-        self.process.terminate()
-        try:
-            self.process.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        seconds = time.monotonic() - started
+    def _ready(self) -> bool:
+        """/readyz, and every worker up (each holds its journal)."""
+        return super()._ready() and len(self.workers()) == int(self.env["LLM_ROUTER_WORKERS"])
+
+    def _exited(self) -> None:
+        # The copier owns the log file: it closes it at the end of the pipe.
         if self._reader is not None:
             self._reader.join(10)
-        return seconds
 
     def kill_all(self) -> list[int]:
         """SIGKILL the master and every process it started, at once (an OOM kill of the
