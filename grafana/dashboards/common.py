@@ -174,6 +174,10 @@ def explore(title: str, datasource: dict, queries: list[dict]) -> g.DashboardLin
     for q in queries:
         if "expr" in q:
             q["expr"] = _VARIABLE.sub(r"${\1:regex}", q["expr"])
+            # A panel writes the search box as ${search:json} (a quoted JSON string); inside
+            # the link the query is itself a JSON string, which that would end early: the
+            # plain variable between quotes, escaped with the rest below, stays inside it.
+            q["expr"] = q["expr"].replace("${search:json}", '"${search}"')
     pane = {"datasource": datasource["uid"], "queries": queries, "range": {"from": "${__from}", "to": "${__to}"}}
     panes = quote(json.dumps({"a": pane}, sort_keys=True, separators=(",", ":")), safe="${}:,")
     return g.DashboardLink(title=title, type="link", uri=f"/explore?schemaVersion=1&panes={panes}", icon="bolt",

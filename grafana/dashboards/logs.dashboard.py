@@ -8,8 +8,6 @@ field makes trace_id a link to Jaeger, and leaves them in the line too, so "Line
 finds the id a user has in hand.
 """
 
-import attr
-
 from common import (JAEGER, RATE, SLO, dashboard, explore, logs, loki, prom, router, row, text, timeseries)
 
 SLOW_MS = SLO["latency"]["threshold_seconds"] * 1000
@@ -38,18 +36,6 @@ TRACES_TEXT = "\n".join([
     "From a log line: open it and follow **trace_id**. From a latency graph: click an exemplar dot",
     "(single-process router only).",
 ])
-
-
-def explore_safe_search(panel):
-    """In a panel's Explore link the query sits inside a JSON string in the URL, so the
-    `${search:json}` of the panel (a quoted JSON string) would end that string early; the
-    link uses the plain variable between escaped quotes instead, as before."""
-    links = getattr(panel, "links", None)
-    if not links:
-        return panel
-    fixed = [attr.evolve(link, uri=link.uri.replace("${search:json}", "%5C%22${search}%5C%22"))
-             if hasattr(link, "uri") else link for link in links]
-    return attr.evolve(panel, links=fixed)
 
 
 PANELS = [
@@ -87,5 +73,5 @@ PANELS = [
 
 dashboard = dashboard("logs", "The router's logs (Loki) filtered by tenant, model, level and text, and the way "
                               "from a log line or a slow request to its trace (Jaeger).",
-                      [explore_safe_search(panel) for panel in PANELS],
+                      PANELS,
                       variables=("tenant", "model", "instance", "level", "search"))
