@@ -130,8 +130,7 @@ class LiteLLM:
         """uvicorn's worker processes: the children of the proxy's first process."""
         if not self.process or self.process.poll() is not None:
             return []
-        table = procs.parents()
-        return [pid for pid, ppid in table.items() if ppid == self.process.pid]
+        return sorted(procs.children(self.process.pid))
 
     def stop(self, timeout: float = 20) -> float:
         if self.process is None:

@@ -29,6 +29,21 @@ def parents() -> dict[int, int]:
     return out
 
 
+def children(parent: int) -> dict[int, str]:
+    """The processes whose parent is `parent`: pid -> its command name (comm)."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            comm, _, rest = stat.partition(" (")[2].rpartition(") ")
+            if rest and int(rest.split()[1]) == parent:
+                found[int(entry)] = comm
+    return found
+
+
 def tree(root: int) -> list[int]:
     """root and all its descendants (children, grandchildren, ...)."""
     table = parents()

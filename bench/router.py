@@ -15,6 +15,8 @@ from pathlib import Path
 
 import yaml
 
+from . import procs
+
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED_CONFIG = REPO / "service" / "config" / "router.yaml"
 
@@ -131,51 +133,23 @@ class Router:
         return found.group(1) if found else "unknown"
 
     def children(self) -> dict[int, str]:
-        """The master's children: pid -> its /proc/<pid>/stat line."""
-        if self.process is None:
-            return {}
-        found = {}
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit():
-                continue
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            # pid (comm) state ppid ...: comm may hold spaces, so split after the last ')'.
-            if int(stat.rsplit(")", 1)[1].split()[1]) == self.process.pid:
-                found[int(entry)] = stat
-        return found
+        """The master's children (workers, metrics process): pid -> command name."""
+        return procs.children(self.process.pid) if self.process is not None else {}
 
     def worker_pids(self) -> list[int]:
         # The metrics process is the master's child too, but serves no request.
-        return sorted(pid for pid, stat in self.children().items() if "(llm-router-metr" not in stat)
+        return sorted(pid for pid, comm in self.children().items() if not comm.startswith("llm-router-metr"))
 
     def cpu_seconds(self) -> float:
         """User + system CPU of the master and all its children (workers, metrics process)."""
         if self.process is None:
             return 0.0
-        ticks = os.sysconf("SC_CLK_TCK")
-        total = 0.0
-        for pid in [self.process.pid, *self.children()]:
-            try:
-                fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            total += (int(fields[11]) + int(fields[12])) / ticks  # utime, stime
-        return total
+        return procs.cpu_seconds([self.process.pid, *self.children()])
 
     def worker_rss_mib(self) -> list[float]:
-        """VmRSS of each gunicorn worker (the master's children), in MiB."""
-        values = []
-        for pid in self.worker_pids():
-            try:
-                for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-                    if line.startswith("VmRSS:"):
-                        values.append(int(line.split()[1]) / 1024)
-            except OSError:
-                pass
-        return values
+        """VmRSS of each gunicorn worker (the master's children), in MiB; a worker gone meanwhile
+        is left out."""
+        return [rss for rss in map(procs.rss_mib, self.worker_pids()) if rss > 0]
 
     def stop(self, timeout: float = 60, sig: int = signal.SIGTERM) -> float:
         """Signal the master (SIGTERM: graceful) and wait: returns the seconds from signal to exit."""

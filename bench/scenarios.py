@@ -179,9 +179,6 @@ class RouterTarget:
     def worker_pids(self) -> list[int]:
         return self.router.worker_pids()
 
-    def log_tail(self) -> str:
-        return self.router.tail() if self.router else ""
-
 
 class PeerTarget:
     kind = "peer"
@@ -222,9 +219,6 @@ class PeerTarget:
 
     def worker_pids(self) -> list[int]:
         return self.proxy.worker_pids()
-
-    def log_tail(self) -> str:
-        return self.proxy.tail() if self.proxy else ""
 
 
 # --- one cell ------------------------------------------------------------------------------

@@ -231,5 +231,5 @@ def test_subprocess_serves_and_counts_over_http():
         stats = up.stats()
         assert stats["stream_requests"] == stats["streams_completed"] == 3
         assert stats["connections_accepted"] == 1
-        assert up.cpu_seconds() >= 0
+        assert stats["cpu_seconds"] > 0  # what the scenarios read as the upstream's CPU
         assert up.reset()["requests"] == 3 and up.stats()["requests"] == 0
