@@ -8,7 +8,7 @@ import logging
 import os
 from datetime import datetime, timezone
 
-from conftest import as_tenant, chat_body
+from conftest import as_tenant, chat_body, config_dict, quiet_models
 
 from llm_router.ledger import Ledger, read_journal
 from llm_router.state import SQLiteStore
@@ -118,3 +118,30 @@ def test_a_sweep_leaves_a_journal_being_made_and_removes_an_abandoned_one(tmp_pa
     assert fresh.exists() and not old.exists()
     ledger.close()
     ledger.store.close()
+
+
+def test_a_free_model_s_stream_cut_short_gives_its_journal_slot_back(make_app):
+    """Found in review: whether a request's slot was finished or given back was decided by
+    its cost, so a stream of a zero-priced model (a local model) cut short kept its opened
+    slot for ever - each one a slot less until the journal was full and every request
+    503 - and the journal was replayed as open charges at stop. An opened slot is now
+    always finished: a charge of $0 with the tokens delivered."""
+    data = quiet_models(config_dict())
+    for model in data["models"]:
+        model["price"] = {"input_per_1k": 0, "output_per_1k": 0}
+    app = make_app(data)
+    ledger = app.extensions["llm_router"].ledger
+    client = app.test_client()
+    headers = {**as_tenant("search"), "Cache-Control": "no-cache"}
+    for n in range(3):
+        stream = client.post("/v1/chat/completions", json=chat_body("sim-balanced", stream=True),
+                             headers={**headers, "X-Request-ID": f"cut-{n}"}, buffered=False)
+        assert stream.status_code == 200
+        next(stream.response)  # the first event, then the client goes away
+        stream.close()
+    ledger.drain()
+    assert ledger.journal.free_slots == ledger.journal.slots
+    stored = {c.request_id: c for c in ledger.store.charges()}
+    assert {f"cut-{n}" for n in range(3)} <= set(stored)
+    assert all(stored[f"cut-{n}"].code == 499 and stored[f"cut-{n}"].cost_usd == 0 for n in range(3))
+    assert all(stored[f"cut-{n}"].output_tokens > 0 for n in range(3))

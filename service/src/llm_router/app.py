@@ -306,7 +306,7 @@ def _account(state: Services, record: RequestRecord) -> None:
     entry = record.entry
     if entry is None:
         return
-    if record.code == 200 or record.cost_usd > 0:
+    if record.code == 200 or entry.state or record.cost_usd > 0:  # an opened stream is charged, even at $0
         state.ledger.finish(entry, record.tenant, record.model, record.request_id, record.code, record.input_tokens,
                             record.output_tokens, record.price_in_per_1k, record.price_out_per_1k)
     else:
