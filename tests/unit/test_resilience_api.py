@@ -200,3 +200,27 @@ def test_skipping_an_open_circuit_counts_as_a_fallback(make_app):
     after = metrics(client)
     labels = {"from_model": "sim-fast", "to_model": "sim-mini"}
     assert metric_sum(after, "llm_router_fallbacks_total", **labels) - metric_sum(before, "llm_router_fallbacks_total", **labels) == 1
+
+
+def test_a_restarted_router_shows_the_month_s_spend_before_any_request(tmp_path):
+    """Found in review: the spend gauge was set while the ledger had read nothing yet (0 for
+    every tenant until its next request); it is now set once the stored totals are read."""
+    from llm_router.app import Telemetry, create_app
+    from llm_router.config import parse_config
+    from llm_router.telemetry import metrics as m
+
+    config = parse_config(quiet_models(config_dict()))
+    first = create_app(config, telemetry=Telemetry(), state_dir=tmp_path)
+    client = first.test_client()
+    assert client.post("/v1/chat/completions", json=chat_body("sim-fast"), headers=as_tenant("search")).status_code == 200
+    first.extensions["llm_router"].ledger.drain()  # stored: the gauge follows the stored total
+    spent = metric_sum(metrics(client), "llm_router_tenant_spend_usd", tenant="search")
+    assert spent > 0
+    first.extensions["llm_router"].close()
+    m.child(m.TENANT_SPEND, "search").set(0)  # what a new process's gauge starts at
+    second = create_app(config, telemetry=Telemetry(), state_dir=tmp_path)
+    try:
+        samples = metrics(second.test_client())
+        assert metric_sum(samples, "llm_router_tenant_spend_usd", tenant="search") == pytest.approx(spent)
+    finally:
+        second.extensions["llm_router"].close()

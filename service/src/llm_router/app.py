@@ -124,6 +124,7 @@ def create_app(
     budgets = Budgets(config, ledger, signals)
     ledger.on_crossing = budgets.crossed
     ledger.recover()  # what a process that died left in its journal: stored before this one serves
+    budgets.publish_spend()
     # No static folder: the router serves no files, and its URL rule would be a route label.
     app = RouterFlask(__name__, static_folder=None)
     app.json = OrjsonProvider(app)

@@ -86,8 +86,12 @@ class Budgets:
         self.thresholds = sorted(config.budgets.alert_thresholds)
         self.ledger = ledger
         self.signals = signals
+
+    def publish_spend(self) -> None:
+        """Every budgeted tenant's spend gauge from the ledger (at start, once it has read
+        the stored totals: a restarted router shows the month's spend before any request)."""
         for tenant in self.limits:
-            signals.tenant_spend(tenant, ledger.spend(tenant))
+            self.signals.tenant_spend(tenant, self.ledger.spend(tenant))
 
     def check(self, tenant: str) -> bool:
         """True when the tenant is over budget and the request may still go ahead
