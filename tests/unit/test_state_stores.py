@@ -461,3 +461,30 @@ def test_the_ledger_keeps_charges_while_postgres_is_down(own_postgres, monkeypat
     finally:
         ledger.close()
         store.close()
+
+
+def test_the_state_url_names_the_file_that_serve_checks_and_the_workers_open(tmp_path, monkeypatch):
+    """Found in review: `serve` worked the URL out on its own and checked `sqlite:///dir/x.db`
+    itself, while the store opened dir/router-state.sqlite3, so a corrupt file there passed
+    the check. Both now ask state.sqlite_path."""
+    from llm_router import cli
+    from llm_router.config import parse_config
+    from llm_router.state import StateCorrupt, open_store, sqlite_path, state_url
+
+    from conftest import config_dict
+
+    config = parse_config(config_dict())
+    (tmp_path / SQLITE_FILE).write_bytes(b"this is not a database" * 100)
+    url = f"sqlite:///{tmp_path}/other-name.db"
+    monkeypatch.setenv("LLM_ROUTER_STATE_URL", f"  {url} ")
+    assert state_url(config.state.url) == url
+    assert sqlite_path(url) == tmp_path / SQLITE_FILE
+    with pytest.raises(StateCorrupt, match="is corrupt"):
+        cli._check_state_file(config)
+    with pytest.raises(StateCorrupt):
+        open_store(url=url)
+    assert sqlite_path("postgresql://db/x") is None
+    assert sqlite_path("", tmp_path / "d") == tmp_path / "d" / SQLITE_FILE
+    monkeypatch.setenv("LLM_ROUTER_STATE_URL", "mysql://x")
+    with pytest.raises(StoreError, match="use postgresql"):
+        cli._check_state_file(config)

@@ -20,7 +20,7 @@ from .errors import register_error_handlers
 from .probes import HealthProber
 from .ledger import Ledger
 from .router import Router
-from .state import STATE_URL_ENV, Store, default_state_dir, open_store
+from .state import Store, default_state_dir, open_store, state_url
 from .telemetry import logs
 from .telemetry import metrics as m
 from .telemetry.signals import RequestRecord, Signals
@@ -114,7 +114,7 @@ def create_app(
 
     signals = Signals(telemetry.metrics, telemetry.logs, tracer, tracer_provider is not None, telemetry.log_content)
     state_dir = Path(state_dir or default_state_dir())
-    store = open_store(state_dir, os.environ.get(STATE_URL_ENV) or config.state.url or "", signals.store_operation)
+    store = open_store(state_dir, state_url(config.state.url), signals.store_operation)
     router = Router(config, store, signals)
     ledger = Ledger(
         store, state_dir, slots=config.state.journal_slots, retention_hours=config.feedback.retention_hours,

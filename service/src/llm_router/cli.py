@@ -72,15 +72,11 @@ def main(argv: list[str] | None = None) -> int:
 def _check_state_file(config) -> None:
     """The SQLite state file the workers will open, checked before gunicorn starts them
     (PostgreSQL is checked by each worker as it connects)."""
-    from pathlib import Path
+    from .state import check_sqlite_file, sqlite_path, state_url
 
-    from .state import SQLITE_FILE, STATE_URL_ENV, check_sqlite_file, default_state_dir
-
-    url = (os.environ.get(STATE_URL_ENV) or config.state.url or "").strip()
-    if url.startswith("sqlite:///"):
-        check_sqlite_file(Path(url.removeprefix("sqlite:///")))
-    elif not url:
-        check_sqlite_file(default_state_dir() / SQLITE_FILE)
+    path = sqlite_path(state_url(config.state.url))
+    if path is not None:
+        check_sqlite_file(path)
 
 
 def _alert_sink(gunicorn_args: list[str]) -> int:

@@ -500,16 +500,31 @@ class SQLiteStore(Store):
             db.close()
 
 
-def open_store(directory: Path | None = None, url: str | None = None, observe=None) -> Store:
-    """The store LLM_ROUTER_STATE_URL names (postgresql://...), else SQLite in ``directory``."""
-    url = url if url is not None else os.environ.get(STATE_URL_ENV, "").strip()
+def state_url(configured: str | None = None) -> str:
+    """The state store's URL: $LLM_ROUTER_STATE_URL, else the config's state.url ("": SQLite
+    in the state directory)."""
+    return (os.environ.get(STATE_URL_ENV) or configured or "").strip()
+
+
+def sqlite_path(url: str, directory: Path | None = None) -> Path | None:
+    """The SQLite file a state URL names (no URL: the one in ``directory``, default the
+    state directory); None for PostgreSQL; StoreError for anything else."""
     if url.startswith(("postgresql://", "postgres://")):
+        return None
+    if url.startswith("sqlite:///"):
+        return Path(url.removeprefix("sqlite:///")).parent / SQLITE_FILE
+    if url:
+        raise StoreError(f"{STATE_URL_ENV}={url!r}: use postgresql://... or sqlite:///path/{SQLITE_FILE}")
+    return Path(directory or default_state_dir()) / SQLITE_FILE
+
+
+def open_store(directory: Path | None = None, url: str | None = None, observe=None) -> Store:
+    """The store the URL names (default: state_url()): PostgreSQL, else SQLite."""
+    url = url if url is not None else state_url()
+    path = sqlite_path(url, directory)
+    if path is None:
         from .state_pg import PostgresStore
 
         return PostgresStore(url, observe)
-    if url.startswith("sqlite:///"):
-        return SQLiteStore(Path(url.removeprefix("sqlite:///")).parent, observe)
-    if url:
-        raise StoreError(f"{STATE_URL_ENV}={url!r}: use postgresql://... or sqlite:///path/{SQLITE_FILE}")
-    return SQLiteStore(directory, observe)
+    return SQLiteStore(path.parent, observe)
 
