@@ -40,7 +40,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from .state import Charge, Crossing, Store, StoreError, current_month, private_directory
+from .state import Charge, Crossing, Store, StoreError, charge_usd, current_month, private_directory
 from .telemetry import logs
 
 _log = logging.getLogger(__name__)
@@ -177,7 +177,7 @@ def read_journal(data: bytes) -> tuple[str, list[Recovered]]:
             continue
         (state, counted, code, _, seq, created, input_tokens, output_tokens, price_in, price_out, tenant, model,
          request_id) = _SLOT.unpack_from(data, offset)
-        cost = input_tokens / 1000 * price_in + output_tokens / 1000 * price_out
+        cost = charge_usd(input_tokens, output_tokens, price_in, price_out)
         charge = Charge(f"{journal_id}:{seq}", _text(request_id), _text(tenant), _text(model), created,
                         input_tokens, output_tokens, cost, code if state == FINAL else 0)
         found.append(Recovered(charge, state, bool(counted)))
@@ -263,7 +263,7 @@ class Ledger:
                output_tokens: int, price_in: float, price_out: float) -> None:
         """The request's final charge (cost 0 for a cache hit: an answer, so rateable)."""
         created = self.clock()  # a stream is charged in the month it finished (its slot says so too)
-        cost = input_tokens / 1000 * price_in + output_tokens / 1000 * price_out
+        cost = charge_usd(input_tokens, output_tokens, price_in, price_out)
         with self._lock:
             if entry.state == OPEN:
                 self.journal.finish(entry.index, code, created, input_tokens, output_tokens)

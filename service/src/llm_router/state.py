@@ -90,6 +90,12 @@ class StateCorrupt(StoreError):
     """The state file cannot be read as a database: the router must not start on it."""
 
 
+def charge_usd(input_tokens: int, output_tokens: int, price_in_per_1k: float, price_out_per_1k: float) -> float:
+    """What tokens cost at a model's prices: the one formula the metrics, the live charge and
+    a replayed charge all use, so they agree to the bit."""
+    return input_tokens / 1000 * price_in_per_1k + output_tokens / 1000 * price_out_per_1k
+
+
 @dataclass(frozen=True)
 class Charge:
     """One request's charge, as written in a process's journal (ledger.py)."""

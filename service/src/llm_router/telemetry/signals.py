@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from opentelemetry import propagate, trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
+from ..state import charge_usd
 from . import logs
 from . import metrics as m
 from .tracing import ServerSpans
@@ -62,7 +63,7 @@ class RequestRecord:
     extra: dict = field(default_factory=dict)
 
     def cost(self) -> float:
-        return self.input_tokens / 1000 * self.price_in_per_1k + self.output_tokens / 1000 * self.price_out_per_1k
+        return charge_usd(self.input_tokens, self.output_tokens, self.price_in_per_1k, self.price_out_per_1k)
 
 
 @dataclass
