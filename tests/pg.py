@@ -29,7 +29,6 @@ import shutil
 import socket
 import subprocess
 import tempfile
-import time
 from pathlib import Path
 
 BINDIR_ENV = "POSTGRES_BINDIR"
@@ -191,15 +190,6 @@ class Cluster:
     def client_env(self) -> dict[str, str]:
         """What a router process needs besides the URL: the password, libpq's way."""
         return {"PGPASSWORD": self.password}
-
-    def wait_ready(self, timeout: float = 30) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            result = subprocess.run([str(self.bindir / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port)],
-                                    capture_output=True)
-            if result.returncode == 0 or time.monotonic() > deadline:
-                return
-            time.sleep(0.1)
 
 
 # --- pytest -------------------------------------------------------------------------------------

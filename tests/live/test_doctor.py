@@ -334,7 +334,6 @@ def test_doctor_stops_at_a_router_that_is_not_there(tmp_path):
 
 
 def test_doctor_reads_urls_from_an_env_file(tmp_path):
-    from llm_router.cli import main  # noqa: F401 (the parser lives there)
     import argparse
 
     from llm_router.doctor import add_arguments, resolve

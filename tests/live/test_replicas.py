@@ -66,8 +66,6 @@ TINY_BUDGET_USD = 0.002
 
 def replica_config() -> dict:
     data = quiet_models(config_dict())
-    for model in data["models"]:
-        model["simulation"]["error_rate"] = 0.0
     # Streams long enough to be in flight when a replica is killed (about 2 s at the time
     # scale below).
     data["models"].append({

@@ -159,10 +159,6 @@ class NotificationBuffer:
         with self._lock:
             return [entry for entry, _ in self._items]
 
-    @property
-    def bytes(self) -> int:
-        return self._bytes
-
     def clear(self) -> int:
         with self._lock:
             count = len(self._items)

@@ -127,13 +127,6 @@ class ClientWatch:
         self.watcher = None
         self.greenlet = None
 
-    def __enter__(self) -> "ClientWatch":
-        self.arm()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.disarm()
-
     def arm(self) -> None:
         if self.sock is None or self.watcher is not None or not green():
             return

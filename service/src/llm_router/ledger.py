@@ -68,7 +68,6 @@ class Entry:
     index: int
     seq: int = 0
     state: int = FREE
-    created: float = 0.0
 
 
 class JournalFull(Exception):
@@ -250,9 +249,9 @@ class Ledger:
     def open(self, entry: Entry, tenant: str, model: str, request_id: str, input_tokens: int, output_tokens: int,
              price_in: float, price_out: float) -> None:
         """A stream produced its first token: from now on it is charged, whatever happens."""
-        entry.created = self.clock()
+        opened = self.clock()
         with self._lock:  # one sequence number per charge, even with threads (gthread)
-            entry.seq = self.journal.write(entry.index, OPEN, 0, entry.created, input_tokens, output_tokens, price_in,
+            entry.seq = self.journal.write(entry.index, OPEN, 0, opened, input_tokens, output_tokens, price_in,
                                            price_out, tenant, model, request_id)
         entry.state = OPEN
 
@@ -289,10 +288,6 @@ class Ledger:
         month = current_month(self.clock())
         known = self._known.get(tenant, 0.0) if self._known_month == month else 0.0
         return known + self._pending_usd.get((tenant, month), 0.0)
-
-    @property
-    def capacity(self) -> int:
-        return self.journal.slots
 
     @property
     def waiting(self) -> int:

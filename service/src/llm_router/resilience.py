@@ -175,7 +175,7 @@ class ConcurrencyLimiter:
 
 # Linux values (sys/ipc.h, sys/sem.h).
 _IPC_PRIVATE, _IPC_CREAT, _IPC_NOWAIT, _IPC_RMID = 0, 0o1000, 0o4000, 0
-_SEM_UNDO, _GETVAL, _SETVAL = 0x1000, 12, 16
+_SEM_UNDO, _SETVAL = 0x1000, 16
 # The largest value a System V semaphore holds (SEMVMX).
 MAX_SHARED_LIMIT = 32767
 SHARED_LIMITS_ENV = "LLM_ROUTER_SHARED_LIMITS"
@@ -232,9 +232,6 @@ class SharedSlots:
 
     def release(self) -> None:
         self._op(1, nowait=False)
-
-    def free(self) -> int:
-        return _check(_libc().semctl(self.semid, self.index, _GETVAL))
 
 
 def create_set(limits: dict[str, int]) -> str:
