@@ -28,3 +28,5 @@ accesslog = None
 control_socket_disable = True
 
 logconfig_dict = gunicorn_logconfig(SERVICE)
+# As the router's: gunicorn would otherwise build its access-log fields for every request.
+logger_class = "llm_router.telemetry.logs.GunicornLogger"
