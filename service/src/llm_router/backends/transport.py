@@ -17,8 +17,10 @@ cancelled.
 
 from __future__ import annotations
 
+import functools
 import select
 from collections.abc import Iterator
+from http.client import HTTPException
 from urllib.parse import urlsplit
 
 from ..concurrency import green
@@ -26,6 +28,8 @@ from ..concurrency import green
 CONNECT_TIMEOUT = 10.0
 READ_SIZE = 65536
 _POLL_READABLE = select.POLLIN | select.POLLPRI | select.POLLERR | select.POLLHUP
+# What a read or write on an upstream connection raises (the HTTP parser's own errors too).
+_IO_ERRORS = (OSError, HTTPException)
 
 
 class TransportError(Exception):
@@ -91,34 +95,33 @@ class GeventTransport:
             return GeventResponse(self.client.request(method, self.prefix + path, body=body or b"", headers=headers))
         except TimeoutError as error:
             raise TransportError(f"no answer in time ({error})", timeout=True) from None
-        except (OSError, _http_exceptions()) as error:
+        except _IO_ERRORS as error:
             raise TransportError(type(error).__name__, timeout=False) from None
         finally:
             if deadline is not None:
                 deadline.close()
 
 
+@functools.cache
+def _unpatched_poll():
+    from gevent import monkey
+
+    return monkey.get_original("select", "poll")
+
+
 def idle_connection_alive(sock) -> bool:
     """An idle keep-alive connection can be reused when nothing is waiting on it: readable
     means the server closed it (or sent something unasked). A zero-timeout poll() with the
     standard library's own (unpatched) poll: it never blocks, and works for any descriptor."""
-    from gevent import monkey
-
     try:
         fileno = sock.fileno()
         if fileno < 0:
             return False
-        poller = monkey.get_original("select", "poll")()
+        poller = _unpatched_poll()()
         poller.register(fileno, _POLL_READABLE)
         return not poller.poll(0)
     except (OSError, ValueError):
         return False
-
-
-def _http_exceptions():
-    from http.client import HTTPException
-
-    return HTTPException
 
 
 class GeventResponse(Response):
@@ -131,7 +134,7 @@ class GeventResponse(Response):
             return self.response.read()
         except TimeoutError:
             raise TransportError("no answer in time", timeout=True) from None
-        except (OSError, _http_exceptions()) as error:
+        except _IO_ERRORS as error:
             raise TransportError(type(error).__name__, timeout=False) from None
 
     def lines(self) -> Iterator[bytes]:
@@ -144,7 +147,7 @@ class GeventResponse(Response):
                 yield line.rstrip(b"\r\n")
         except TimeoutError:
             raise TransportError("stream interrupted: no data in time", timeout=True) from None
-        except (OSError, _http_exceptions()) as error:
+        except _IO_ERRORS as error:
             raise TransportError(f"stream interrupted ({type(error).__name__})", timeout=False) from None
 
     def close(self, complete: bool) -> None:
