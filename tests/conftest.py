@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import socket
 import threading
 import subprocess
@@ -92,6 +93,11 @@ def app(make_app):
 @pytest.fixture
 def client(app):
     return app.test_client()
+
+
+def prices(config: dict) -> dict[str, tuple[float, float]]:
+    """model id -> (input, output) price per 1k tokens, from a config dict."""
+    return {m["id"]: (m["price"]["input_per_1k"], m["price"]["output_per_1k"]) for m in config["models"]}
 
 
 def free_port() -> int:
@@ -184,6 +190,20 @@ class LiveProcess:
     def logs(self) -> list[str]:
         return self.log_path.read_text().splitlines()
 
+    def events(self, name: str | None = None) -> list[dict]:
+        """The process's JSON log lines (all of them, or those of one event)."""
+        found = []
+        for line in self.log_path.read_text(errors="replace").splitlines():
+            if not line.startswith("{"):
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if name is None or record.get("event") == name:
+                found.append(record)
+        return found
+
 
 class LiveRouter(LiveProcess):
     """A real `llm-router serve` (gunicorn) on 127.0.0.1, stopped at the end of the test."""
@@ -205,6 +225,25 @@ class LiveRouter(LiveProcess):
         super().__init__(tmp, [sys.executable, "-m", "llm_router.cli", "serve"], port, router_env, "/readyz")
         if workers > 1:
             self.env.setdefault("PROMETHEUS_MULTIPROC_DIR", str(tmp / f"metrics-{port}"))
+
+    def scrape(self) -> dict[tuple[str, frozenset], float]:
+        return parse_metrics(requests.get(f"{self.url}/metrics", timeout=10).text)
+
+    def journals(self) -> list[Path]:
+        """The ledger's journal files in the router's state directory (one per live worker,
+        plus any a dead process left)."""
+        return sorted((Path(self.env["LLM_ROUTER_STATE_DIR"]) / "journal").glob("journal-*.bin"))
+
+    def kill_all(self) -> list[int]:
+        """SIGKILL the master and every process it started, at once (an OOM kill of the
+        container, a power-cycled VM minus the page cache); returns the pids, master first."""
+        master = self.process.pid
+        victims = [master, *live_children(master)]
+        for pid in victims:
+            os.kill(pid, signal.SIGKILL)
+        self.process.wait(10)
+        self._exited()
+        return victims
 
 
 @pytest.fixture

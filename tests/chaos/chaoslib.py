@@ -17,7 +17,6 @@ from __future__ import annotations
 import http.client
 import json
 import os
-import signal
 import subprocess
 import threading
 import time
@@ -29,8 +28,8 @@ import pytest
 import requests
 import yaml
 
-from conftest import LiveRouter, REPO, as_tenant, config_dict, free_port, live_children, metric_sum, parse_metrics, \
-    quiet_models
+from conftest import (LiveRouter, REPO, as_tenant, config_dict, free_port, live_children, metric_sum, parse_metrics,
+                      prices, quiet_models)
 
 from llm_router.backends.base import estimate_tokens, message_text
 from llm_router.state import SQLiteStore, current_month
@@ -58,10 +57,6 @@ def upstream_model(model_id: str, base_url: str, behaviour: str, *, timeout: flo
     return {"id": model_id, "provider": "openai", "provider_name": "bench", "base_url": base_url,
             "upstream_model": behaviour, "price": {"input_per_1k": price_in, "output_per_1k": price_out},
             "quality": 0.5, "timeout_seconds": timeout, "max_concurrency": concurrency}
-
-
-def prices(config: dict) -> dict[str, tuple[float, float]]:
-    return {m["id"]: (m["price"]["input_per_1k"], m["price"]["output_per_1k"]) for m in config["models"]}
 
 
 # --- the router, seen from outside --------------------------------------------------------
@@ -104,18 +99,6 @@ class ChaosRouter(LiveRouter):
         if self._reader is not None:
             self._reader.join(10)
 
-    def kill_all(self) -> list[int]:
-        """SIGKILL the master and every process it started, at once (an OOM kill of the
-        container, a power-cycled VM minus the page cache)."""
-        master = self.process.pid
-        victims = [master, *live_children(master)]
-        for pid in victims:
-            os.kill(pid, signal.SIGKILL)
-        self.process.wait(10)
-        if self._reader is not None:
-            self._reader.join(10)
-        return victims
-
     def workers(self) -> dict[int, str]:
         """{pid: journal id} of the live serving processes (each holds its journal open)."""
         found = {}
@@ -127,29 +110,9 @@ class ChaosRouter(LiveRouter):
                 found[pid] = journal
         return found
 
-    def scrape(self) -> dict:
-        return parse_metrics(requests.get(f"{self.url}/metrics", timeout=10).text)
-
-    def events(self, name: str | None = None) -> list[dict]:
-        """The router's JSON log lines (event lines, or those of one event)."""
-        found = []
-        for line in self.log_path.read_text(errors="replace").splitlines():
-            if not line.startswith("{"):
-                continue
-            try:
-                record = json.loads(line)
-            except ValueError:
-                continue
-            if name is None or record.get("event") == name:
-                found.append(record)
-        return found
-
     def access_lines(self) -> dict[str, dict]:
         return {r["request_id"]: r for r in self.events() if r.get("message") == "request completed"
                 and r.get("route") == "/v1/chat/completions"}
-
-    def journals(self) -> list[Path]:
-        return sorted((self.state_dir / "journal").glob("journal-*.bin"))
 
     def settle(self, timeout: float = 30) -> dict:
         """Until every charge is stored and every dead process's journal replayed: no

@@ -33,8 +33,6 @@ Phases (one deployment, in order; each test's assertions hold on their own):
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import threading
 import time
@@ -50,8 +48,8 @@ import nginx_lb
 import pg
 from llm_router import state_pg
 from llm_router.ledger import Ledger
-from conftest import LiveProcess, LiveRouter, SHIPPED_KEYS, chat_body, config_dict, free_port, live_children, \
-    metric_sum, parse_metrics, quiet_models
+from conftest import LiveProcess, LiveRouter, SHIPPED_KEYS, chat_body, config_dict, free_port, metric_sum, \
+    prices, quiet_models
 
 pytestmark = pytest.mark.live
 
@@ -84,7 +82,7 @@ def replica_config() -> dict:
     return data
 
 
-PRICES = {m["id"]: (m["price"]["input_per_1k"], m["price"]["output_per_1k"]) for m in replica_config()["models"]}
+PRICES = prices(replica_config())
 
 
 def cost(model: str, usage: dict) -> float:
@@ -405,8 +403,7 @@ def test_a_spent_budget_is_402_on_every_replica_and_faults_reach_all(deployment)
 # --- PostgreSQL stopped under load ---------------------------------------------------------------
 
 def state_errors(deployment: Deployment) -> float:
-    return sum(metric_sum(parse_metrics(requests.get(f"{r.url}/metrics", timeout=10).text),
-                          "llm_router_state_errors_total") for r in deployment.replicas)
+    return sum(metric_sum(r.scrape(), "llm_router_state_errors_total") for r in deployment.replicas)
 
 
 def test_postgres_stopped_under_load_loses_nothing(deployment):
@@ -496,12 +493,7 @@ def test_a_replica_killed_mid_stream_fails_cleanly_and_its_journal_is_replayed(d
         futures = [pool.submit(stream, deployment, f"kill-{i}", TENANTS[i % len(TENANTS)], opened)
                    for i in range(streams)]
         opened.wait(30)  # every stream has its first event: all in flight
-        master = victim.process.pid
-        workers = live_children(master)
-        assert len(workers) == 2
-        for pid in [master, *workers]:
-            os.kill(pid, signal.SIGKILL)
-        victim.process.wait(10)
+        assert len(victim.kill_all()) == 3  # the master and its 2 workers
         results = [f.result(timeout=60) for f in futures]
     cut = [r for r in results if not r["done"]]
     finished = [r for r in results if r["done"]]
@@ -514,7 +506,7 @@ def test_a_replica_killed_mid_stream_fails_cleanly_and_its_journal_is_replayed(d
     # charged for the tokens they produced.
     from llm_router.ledger import read_journal
 
-    journals = sorted((Path(victim.env["LLM_ROUTER_STATE_DIR"]) / "journal").glob("journal-*.bin"))
+    journals = victim.journals()
     assert len(journals) == 2
     journaled = [entry.charge for path in journals for entry in read_journal(path.read_bytes())[1]]
     cut_ids = {r["request_id"] for r in cut}

@@ -18,7 +18,7 @@ import pytest
 import requests
 
 from bench.upstream import UpstreamProcess
-from conftest import chat_body, config_dict, metric_sum, parse_metrics
+from conftest import chat_body, config_dict, metric_sum
 
 pytestmark = pytest.mark.live
 
@@ -34,10 +34,6 @@ def upstream_config(base_url: str, **models: dict) -> dict:
         for name, overrides in models.items()
     ]
     return data
-
-
-def scrape(router) -> dict:
-    return parse_metrics(requests.get(f"{router.url}/metrics", timeout=10).text)
 
 
 def wait_for(condition, timeout: float = 10.0, interval: float = 0.05):
@@ -124,7 +120,7 @@ def test_a_client_that_leaves_cancels_the_upstream_call_and_frees_the_slot(live_
         assert wait_for(lambda: upstream.stats()["requests_cancelled"] == 1, timeout=5), upstream.stats()
 
         samples = wait_for(lambda: (lambda s: s if metric_sum(s, "llm_router_chat_requests_total", code="499") == 2
-                                    else None)(scrape(router)), timeout=5)
+                                    else None)(router.scrape()), timeout=5)
         assert samples, "both requests should be counted as 499"
         for model in ("streamer", "thinker"):
             assert metric_sum(samples, "llm_router_backend_in_flight", model=model) == 0
@@ -169,7 +165,7 @@ def test_the_concurrency_limit_is_the_containers_not_each_workers(live_router):
         with ThreadPoolExecutor(12) as pool:
             codes = list(pool.map(lambda _: post(router.port, chat_body("up")), range(12)))
         stats = upstream.stats()
-        samples = scrape(router)
+        samples = router.scrape()
     assert sorted(set(codes)) == [200, 429], codes
     assert codes.count(200) == 4 and stats["max_in_flight"] == 4, (codes, stats)
     assert metric_sum(samples, "llm_router_backend_rejections_total", model="up", reason="saturated") == 8
