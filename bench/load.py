@@ -39,14 +39,22 @@ def run_wrk(url: str, seconds: float, threads: int = 2, connections: int = 8) ->
     command = [wrk_path(), f"-t{threads}", f"-c{connections}", f"-d{duration}s", "--timeout", "10s",
                "-s", str(LUA), f"{url}{CHAT_PATH}"]
     out = subprocess.run(command, capture_output=True, text=True, timeout=duration + 60)
-    for line in out.stdout.splitlines():
+    result = _wrk_summary(out.stdout, out.stderr, command)
+    result["failed"] = result["errors"]
+    return result
+
+
+def _wrk_summary(out: str, err: str, command: list[str]) -> dict:
+    """The BENCH_JSON line the Lua scripts print at the end, with req/s and the errors wrk
+    counted (non-2xx answers, socket errors, timeouts)."""
+    for line in out.splitlines():
         if line.startswith("BENCH_JSON "):
             result = json.loads(line[len("BENCH_JSON "):])
             result["rps"] = result["requests"] / (result["duration_us"] / 1e6)
-            result["failed"] = result["status"] + result["connect"] + result["read"] + result["write"] + result["timeout"]
+            result["errors"] = result["status"] + result["connect"] + result["read"] + result["write"] + result["timeout"]
             result["command"] = " ".join(command)
             return result
-    raise RuntimeError(f"wrk printed no summary:\n{out.stdout}\n{out.stderr}")
+    raise RuntimeError(f"wrk printed no summary:\n{out}\n{err}")
 
 
 def run_wrk_openai(base_url: str, clients: int, seconds: int, model: str, stream: bool = False, key: str = "",
@@ -74,20 +82,13 @@ def run_wrk_openai(base_url: str, clients: int, seconds: int, model: str, stream
         killer.cancel()
         process.stdout.close()
         process.stderr.close()
-    for line in out.splitlines():
-        if line.startswith("BENCH_JSON "):
-            result = json.loads(line[len("BENCH_JSON "):])
-            duration = result["duration_us"] / 1e6
-            result["rps"] = result["requests"] / duration
-            result["errors"] = result["status"] + result["connect"] + result["read"] + result["write"] + result["timeout"]
-            # Whole 2xx answers per second. A timeout is an answer slower than --timeout: wrk
-            # counts it in requests (and as an error) but leaves it out of the latency histogram.
-            good = result["requests"] - result["status"] - result["incomplete"] - result["timeout"]
-            result["ok_rps"] = max(0, good) / duration
-            result["wrk_cpu_s"] = usage.ru_utime + usage.ru_stime
-            result["command"] = " ".join(command)
-            return result
-    raise RuntimeError(f"wrk printed no summary:\n{out}\n{err}")
+    result = _wrk_summary(out, err, command)
+    # Whole 2xx answers per second. A timeout is an answer slower than --timeout: wrk counts
+    # it in requests (and as an error) but leaves it out of the latency histogram.
+    good = result["requests"] - result["status"] - result["incomplete"] - result["timeout"]
+    result["ok_rps"] = max(0, good) / (result["duration_us"] / 1e6)
+    result["wrk_cpu_s"] = usage.ru_utime + usage.ru_stime
+    return result
 
 
 class _Client:
