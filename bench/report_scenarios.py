@@ -64,12 +64,15 @@ HEADER = ("| clients | target | ok req/s | min–max | × direct | p50 ms | p99 
 RULE = "|---:|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|---:|"
 
 
-def _table(results: dict, summ: dict, group: str, stream: bool, kinds: tuple[str, ...]) -> list[str]:
+def _table(results: dict, summ: dict, group: str, stream: bool, kinds: tuple[str, ...],
+           keep=lambda target: True) -> list[str]:
     out = [HEADER, RULE]
     for cell in _cells(results, group):
         if cell["stream"] != stream:
             continue
         for target in _targets(results, kinds):
+            if not keep(target):
+                continue
             s = summ.get(target["name"], {}).get(cell["key"])
             if s:
                 out.append(_row(s, target, cell["clients"]))
@@ -198,17 +201,9 @@ def peers_section(results: dict) -> list[str]:
         for group, stream, title in (("matrix", False, "500 ms answers, not streaming"),
                                      ("matrix", True, "500 ms answers, streaming"),
                                      ("long", True, "5 s answers, streaming")):
-            rows = [HEADER, RULE]
-            for cell in _cells(results, group):
-                if cell["stream"] != stream:
-                    continue
-                for target in _targets(results, kinds):
-                    if target["kind"] == "router" and target["name"] != OURS_DEFAULT:
-                        continue
-                    s = summ.get(target["name"], {}).get(cell["key"])
-                    if s:
-                        rows.append(_row(s, target, cell["clients"]))
-            if len(rows) > 2:
+            rows = _table(results, summ, group, stream, kinds,
+                          keep=lambda t: t["kind"] != "router" or t["name"] == OURS_DEFAULT)
+            if rows:
                 w(f"### {title}: `{OURS_DEFAULT}` and `{peer['name']}`")
                 w("")
                 out.extend(rows)
