@@ -93,14 +93,16 @@ def env_file(tmp_path: Path, **overrides: str) -> Path:
     return path
 
 
-def base_images(fake) -> list[str]:
-    """The pinned images of the default services, asked from the real compose."""
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> list[str]:
+    """The pinned images of the default services, asked from the real compose (once: the
+    answer depends only on compose.yaml and .env.example)."""
     sys.path.insert(0, str(REPO / "scripts"))
-    import preflight
+    import preflight as script
 
-    images = preflight.pinned_images([str(COMPOSE_BIN)], [], str(env_file(fake["dir"])))
-    assert isinstance(images, list) and len(images) >= 6, images
-    return images
+    found = script.pinned_images([str(COMPOSE_BIN)], [], str(env_file(tmp_path_factory.mktemp("images"))))
+    assert isinstance(found, list) and len(found) >= 6, found
+    return found
 
 
 def preflight(fake, *args: str, **env: str) -> subprocess.CompletedProcess:
@@ -128,8 +130,7 @@ def test_missing_compose_plugin_says_make_tools(fake):
     assert "make tools" in result.stdout
 
 
-def test_images_present_pullable_or_named_as_missing(fake):
-    images = base_images(fake)
+def test_images_present_pullable_or_named_as_missing(fake, images):
     grafana = next(i for i in images if i.startswith("grafana/grafana:"))
     loki = next(i for i in images if i.startswith("grafana/loki:"))
     present = [i for i in images if i not in (grafana, loki)]
@@ -141,8 +142,7 @@ def test_images_present_pullable_or_named_as_missing(fake):
     assert f"docker pull {loki}" in result.stdout
 
 
-def test_profiles_add_their_images(fake):
-    images = base_images(fake)
+def test_profiles_add_their_images(fake, images):
     result = preflight(fake, "up", "--compose", "docker compose", "--env-file", str(env_file(fake["dir"])),
                        "--profile", "load", FAKE_IMAGES_PRESENT=" ".join(images))
     assert result.returncode == 1
@@ -150,8 +150,7 @@ def test_profiles_add_their_images(fake):
     assert "locustio/locust:" in line
 
 
-def test_everything_in_place_passes(fake):
-    images = base_images(fake)
+def test_everything_in_place_passes(fake, images):
     result = preflight(fake, "up", "--compose", "docker compose", "--env-file", str(env_file(fake["dir"])),
                        FAKE_IMAGES_PRESENT=" ".join(images))
     assert result.returncode == 0, result.stdout + result.stderr
@@ -176,8 +175,7 @@ def test_make_up_stops_before_compose_and_writes_a_private_env(workdir, fake):
         assert len(generated[secret]) >= 24, secret
 
 
-def test_make_up_and_down_with_everything_in_place(workdir, fake):
-    images = base_images(fake)
+def test_make_up_and_down_with_everything_in_place(workdir, fake, images):
     result = make(workdir, fake, "up", "COMPOSE=docker compose", FAKE_IMAGES_PRESENT=" ".join(images))
     assert result.returncode == 0, result.stdout + result.stderr
     up = [line for line in fake["log"].read_text().splitlines() if " up " in f"{line} "]
@@ -188,8 +186,7 @@ def test_make_up_and_down_with_everything_in_place(workdir, fake):
     assert any(" down " in f"{line} " for line in fake["log"].read_text().splitlines())
 
 
-def test_make_up_off_loopback_turns_anonymous_grafana_off(workdir, fake):
-    images = base_images(fake)
+def test_make_up_off_loopback_turns_anonymous_grafana_off(workdir, fake, images):
     make(workdir, fake, "secrets")
     env = workdir / ".env"
     env.write_text(env.read_text().replace("BIND_ADDRESS=127.0.0.1", "BIND_ADDRESS=192.0.2.10"))
