@@ -14,7 +14,7 @@ from flask import Flask, Response, g, request
 from flask.json.provider import JSONProvider
 from opentelemetry.sdk.trace import TracerProvider
 
-from . import __version__, concurrency
+from . import __version__
 from .config import RouterConfig, load_config
 from .errors import register_error_handlers
 from .probes import HealthProber
@@ -152,8 +152,6 @@ def create_app(
         m.LEDGER_SLOTS.set(config.state.journal_slots)
     register_error_handlers(app)
     _register_request_hooks(app, signals)
-    if concurrency.green():
-        app.wsgi_app = _CountedRequests(app.wsgi_app)
 
     from .admin import admin
     from .api import api
@@ -203,45 +201,6 @@ class OrjsonProvider(JSONProvider):
         obj = self._prepare_response_obj(args, kwargs)
         return self._app.response_class(orjson.dumps(obj, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_APPEND_NEWLINE),
                                         mimetype="application/json")
-
-
-class _CountedRequests:
-    """WSGI middleware: counts requests from their start to the end of their response body
-    (a stream's last byte), so a stopping gevent worker waits for those and not for idle
-    keep-alive connections (worker.py)."""
-
-    def __init__(self, app) -> None:
-        self.app = app
-
-    def __call__(self, environ, start_response):
-        concurrency.request_started()
-        try:
-            body = self.app(environ, start_response)
-        except BaseException:
-            concurrency.request_finished()
-            raise
-        return _Counted(body)
-
-
-class _Counted:
-    __slots__ = ("body", "open")
-
-    def __init__(self, body) -> None:
-        self.body = body
-        self.open = True
-
-    def __iter__(self):
-        return iter(self.body)
-
-    def close(self) -> None:
-        try:
-            close = getattr(self.body, "close", None)
-            if close is not None:
-                close()
-        finally:
-            if self.open:
-                self.open = False
-                concurrency.request_finished()
 
 
 def _register_request_hooks(app: Flask, signals: Signals) -> None:

@@ -175,21 +175,3 @@ class ClientWatch:
             import gevent
 
             gevent.kill(greenlet, exception)  # asynchronous: raised where it waits
-
-
-# Requests being served by this process (any route), for a stopping gevent worker: it waits
-# for these, not for idle keep-alive connections. Only maintained under gevent, where every
-# request runs on the one hub thread (app.py counts them).
-_IN_PROGRESS = [0]
-
-
-def request_started() -> None:
-    _IN_PROGRESS[0] += 1
-
-
-def request_finished() -> None:
-    _IN_PROGRESS[0] -= 1
-
-
-def requests_in_progress() -> int:
-    return _IN_PROGRESS[0]

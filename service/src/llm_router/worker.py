@@ -61,6 +61,18 @@ class RouterGeventWorker(GeventWorker):
             )
         super().init_process()
 
+    # Requests being served (any route), from gunicorn's handing over the parsed request to
+    # the end of its response body (a stream's last byte): a stopping worker waits for these,
+    # not for idle keep-alive connections. Every request runs on this worker's one hub thread.
+    in_progress = 0
+
+    def handle_request(self, *args):
+        self.in_progress += 1
+        try:
+            return super().handle_request(*args)
+        finally:
+            self.in_progress -= 1
+
     def run(self) -> None:
         servers = []
         for listener in self.sockets:
@@ -91,7 +103,7 @@ class RouterGeventWorker(GeventWorker):
         # Idle keep-alive connections do not count: waiting for them would hold every stop
         # for the clients' keep-alive time (gunicorn's own loop does).
         drain_until = time.monotonic() + max(0.0, self.cfg.graceful_timeout - STOP_RESERVE)
-        while concurrency.requests_in_progress() and time.monotonic() < drain_until:
+        while self.in_progress and time.monotonic() < drain_until:
             self.notify()
             gevent.sleep(0.05)
         open_requests = list(concurrency.ACTIVE)
@@ -100,5 +112,5 @@ class RouterGeventWorker(GeventWorker):
             for watch in open_requests:
                 watch.interrupt(concurrency.ServerStopping())
             ending_until = time.monotonic() + ENDING_SECONDS
-            while concurrency.requests_in_progress() and time.monotonic() < ending_until:
+            while self.in_progress and time.monotonic() < ending_until:
                 gevent.sleep(0.02)
