@@ -91,6 +91,26 @@ class CircuitBreaker:
                 self._set(OPEN)
 
 
+class _LocalSlots:
+    """``limit`` slots of this process alone (the SharedSlots interface, for a router that
+    serves in one process)."""
+
+    def __init__(self, limit: int) -> None:
+        self._free = limit
+        self._lock = threading.Lock()
+
+    def try_acquire(self) -> bool:
+        with self._lock:
+            if self._free > 0:
+                self._free -= 1
+                return True
+            return False
+
+    def release(self) -> None:
+        with self._lock:
+            self._free += 1
+
+
 class ConcurrencyLimiter:
     """At most ``limit`` calls at once; callers wait up to ``queue_timeout`` for a slot, in
     arrival order within this process.
@@ -106,25 +126,21 @@ class ConcurrencyLimiter:
     def __init__(self, limit: int, queue_timeout: float, slots: "SharedSlots | None" = None) -> None:
         self.limit = limit
         self.queue_timeout = queue_timeout
-        self.slots = slots
+        self.slots = slots if slots is not None else _LocalSlots(limit)
         self._lock = threading.Lock()
-        self._free = limit  # used when the slots are not shared
         self._waiters: deque[threading.Event] = deque()
         self.in_flight = 0  # this process's calls
-        self.waiting = 0
+
+    @property
+    def waiting(self) -> int:
+        return len(self._waiters)
 
     def _take(self) -> bool:
-        if self.slots is not None:
-            taken = self.slots.try_acquire()
-        else:
-            with self._lock:
-                taken = self._free > 0
-                if taken:
-                    self._free -= 1
-        if taken:
-            with self._lock:
-                self.in_flight += 1
-        return taken
+        if not self.slots.try_acquire():
+            return False
+        with self._lock:
+            self.in_flight += 1
+        return True
 
     def acquire(self, on_queue_change: Callable[[int], None] | None = None) -> bool:
         """Take a slot; ``on_queue_change`` hears +1 when this call starts waiting, -1 after."""
@@ -136,7 +152,6 @@ class ConcurrencyLimiter:
         me = threading.Event()
         with self._lock:
             self._waiters.append(me)
-            self.waiting += 1
         if on_queue_change:
             on_queue_change(1)
         try:
@@ -152,7 +167,6 @@ class ConcurrencyLimiter:
         finally:
             with self._lock:
                 self._waiters.remove(me)
-                self.waiting -= 1
                 following = self._waiters[0] if self._waiters else None
             if following is not None:
                 following.set()  # the next in line checks at once
@@ -162,11 +176,8 @@ class ConcurrencyLimiter:
     def release(self) -> None:
         with self._lock:
             self.in_flight -= 1
-            if self.slots is None:
-                self._free += 1
             head = self._waiters[0] if self._waiters else None
-        if self.slots is not None:
-            self.slots.release()
+        self.slots.release()
         if head is not None:
             head.set()
 
